@@ -1,0 +1,104 @@
+"""Request dependencies, as `Annotated` aliases so route functions read like the API they serve.
+
+The session dependency owns the transaction: it commits after the route returns (before the response
+is sent) and only then runs the work queued with `after_commit` (sending job ids to the broker), so a
+worker never receives an id whose row it cannot see, and a rolled-back request sends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from sqlalchemy import select, true
+from sqlalchemy.orm import Session
+
+from api.auth import Principal, authenticate
+from api.errors import APIError, not_found
+from loraq.settings import Settings
+from models import FileRecord, Job
+from models.session import get_sessionmaker
+
+logger = logging.getLogger("loraq.api")
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    session = get_sessionmaker(settings.resolved_database_url)()
+    session.info["after_commit"] = []
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+    for action in session.info["after_commit"]:
+        try:
+            action()
+        except Exception:
+            logger.exception("post-commit action failed; the reconciler will repair it")
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def after_commit(session: Session, action: Callable[[], None]) -> None:
+    session.info["after_commit"].append(action)
+
+
+def get_principal(request: Request, session: SessionDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise APIError(
+            401,
+            "Missing API key: send 'Authorization: Bearer <key>'.",
+            code="missing_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    principal = authenticate(session, key.strip())
+    if principal is None:
+        raise APIError(
+            401, "Incorrect API key provided.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return principal
+
+
+CurrentOwner = Annotated[Principal, Depends(get_principal)]
+
+
+def visible_to(principal: Principal, model):
+    """A WHERE clause limiting rows to the caller's own (admins see all)."""
+    return true() if principal.is_admin else model.owner == principal.owner
+
+
+def load_job(job_id: Annotated[str, Path(max_length=64)], session: SessionDep, principal: CurrentOwner) -> Job:
+    job = session.scalars(select(Job).where(Job.id == job_id, visible_to(principal, Job))).first()
+    if job is None:
+        raise not_found("fine-tuning job", job_id)
+    return job
+
+
+def load_file(file_id: Annotated[str, Path(max_length=64)], session: SessionDep, principal: CurrentOwner) -> FileRecord:
+    record = session.scalars(
+        select(FileRecord).where(
+            FileRecord.id == file_id, FileRecord.deleted.is_(False), visible_to(principal, FileRecord)
+        )
+    ).first()
+    if record is None:
+        raise not_found("file", file_id)
+    return record
+
+
+JobDep = Annotated[Job, Depends(load_job)]
+FileDep = Annotated[FileRecord, Depends(load_file)]

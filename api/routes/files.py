@@ -1,0 +1,147 @@
+"""/v1/files: upload, list, retrieve, delete and download chat datasets."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from api.deps import CurrentOwner, FileDep, SessionDep, SettingsDep, visible_to
+from api.errors import APIError
+from api.pagination import page_after
+from api.schemas import FileDeleted, FilePublic, FilesPublic
+from api.uploads import receive_upload
+from loraq.dataset_format import check_file
+from loraq.storage import Storage, fsync_rename
+from models import FileRecord, FileStatus, Job, JobStatus, new_id
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+PURPOSES = ("fine-tune",)
+
+
+@router.post(
+    "",
+    response_model=FilePublic,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", "purpose"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "purpose": {"type": "string", "enum": ["fine-tune"]},
+                        },
+                    }
+                }
+            },
+            "required": True,
+        }
+    },
+)
+async def upload_file(request: Request, session: SessionDep, principal: CurrentOwner, settings: SettingsDep):
+    """Upload a chat JSONL dataset (multipart: file, purpose=fine-tune); it is checked line by line."""
+    storage = Storage(settings.resolved_storage_root)
+    staging = storage.staging_file("files")
+    try:
+        upload = await receive_upload(request, staging, settings.max_upload_bytes)
+        purpose = upload.fields.get("purpose")
+        if purpose not in PURPOSES:
+            raise APIError(
+                400,
+                f"'purpose' must be one of {', '.join(PURPOSES)} (got {purpose!r}).",
+                param="purpose",
+                code="invalid_purpose",
+            )
+        report = await run_in_threadpool(check_file, staging)
+        file_id = new_id("file")
+        final = storage.file_path(file_id)
+        await run_in_threadpool(fsync_rename, staging, final)
+    finally:
+        staging.unlink(missing_ok=True)
+    record = FileRecord(
+        id=file_id,
+        owner=principal.owner,
+        filename=upload.filename or "upload.jsonl",
+        purpose=purpose,
+        bytes=upload.size,
+        sha256=upload.sha256,
+        examples=report.examples,
+        storage_key=storage.relative(final),
+        status=FileStatus.processed if report.ok else FileStatus.error,
+        status_details=None if report.ok else report.summary(),
+    )
+    session.add(record)
+    session.flush()
+    if not report.ok:
+        # The record is kept (status `error`, visible in GET /v1/files) so the caller can see what was wrong,
+        # but the upload itself answers 400 with the line numbers, so no client mistakes it for usable data.
+        session.commit()
+        raise APIError(
+            400,
+            f"Invalid training data in '{record.filename}': {record.status_details}",
+            param="file",
+            code="invalid_file_format",
+            extra={"file_id": file_id},
+        )
+    return FilePublic.of(record)
+
+
+@router.get("", response_model=FilesPublic)
+def list_files(
+    session: SessionDep,
+    principal: CurrentOwner,
+    purpose: str | None = None,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+    order: Literal["asc", "desc"] = "desc",
+):
+    """List your files, newest first by default."""
+    query = select(FileRecord).where(FileRecord.deleted.is_(False), visible_to(principal, FileRecord))
+    if purpose:
+        query = query.where(FileRecord.purpose == purpose)
+    rows, has_more = page_after(session, query, FileRecord, after, limit, descending=order == "desc")
+    data = [FilePublic.of(r) for r in rows]
+    return FilesPublic(
+        data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
+    )
+
+
+@router.get("/{file_id}", response_model=FilePublic)
+def retrieve_file(record: FileDep):
+    """One file's record, with its validation status and details."""
+    return FilePublic.of(record)
+
+
+@router.delete("/{file_id}", response_model=FileDeleted)
+def delete_file(record: FileDep, session: SessionDep, settings: SettingsDep):
+    """Delete a file; refused while a queued or running job still needs it."""
+    active = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
+    busy = session.scalars(
+        select(Job.id).where(
+            Job.status.in_(active), (Job.training_file == record.id) | (Job.validation_file == record.id)
+        )
+    ).first()
+    if busy:
+        raise APIError(
+            400,
+            f"File '{record.id}' is used by job '{busy}', which has not finished.",
+            param="file_id",
+            code="file_in_use",
+        )
+    record.deleted = True
+    session.flush()
+    Storage(settings.resolved_storage_root).resolve(record.storage_key).unlink(missing_ok=True)
+    return FileDeleted(id=record.id)
+
+
+@router.get("/{file_id}/content", response_class=FileResponse)
+def file_content(record: FileDep, settings: SettingsDep):
+    """The uploaded bytes, as they were received."""
+    path = Storage(settings.resolved_storage_root).resolve(record.storage_key)
+    return FileResponse(path, media_type="application/jsonl", headers={"etag": f'"{record.sha256}"'})

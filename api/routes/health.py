@@ -1,0 +1,47 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from api.deps import SettingsDep
+from models.session import get_engine
+from worker.celery_app import celery_app
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz():
+    """The API process is up."""
+    return {"status": "ok"}
+
+
+def _check(settings) -> dict[str, str]:
+    checks = {}
+    try:
+        with get_engine(settings.resolved_database_url).connect() as connection:
+            connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        with celery_app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = f"error: {type(exc).__name__}"
+    return checks
+
+
+@router.get("/readyz")
+async def readyz(settings: SettingsDep):
+    """The database and the broker are reachable."""
+    checks = await run_in_threadpool(_check, settings)
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503
+    )

@@ -1,0 +1,183 @@
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel; events, checkpoints and the adapter download."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import FileResponse
+from sqlalchemy import select, update
+
+from api.deps import CurrentOwner, JobDep, SessionDep, SettingsDep, after_commit, visible_to
+from api.errors import APIError, not_found
+from api.pagination import page_after
+from api.schemas import (
+    CheckpointPublic,
+    CheckpointsPublic,
+    EventPublic,
+    EventsPublic,
+    JobCreate,
+    JobPublic,
+    JobsPublic,
+)
+from loraq.base_models import find_model
+from loraq.storage import Storage
+from models import Checkpoint, FileRecord, FileStatus, Job, JobEvent, JobStatus, new_id, utcnow
+from worker.celery_app import RUN_JOB_TASK, celery_app
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+
+DEFAULT_SEED = 42
+Limit = Annotated[int, Query(ge=1, le=100)]
+Cursor = Annotated[str | None, Query(max_length=64)]
+
+
+def _usable_file(session, principal, file_id: str, param: str) -> FileRecord:
+    record = session.scalars(
+        select(FileRecord).where(
+            FileRecord.id == file_id, FileRecord.deleted.is_(False), visible_to(principal, FileRecord)
+        )
+    ).first()
+    if record is None:
+        raise not_found("file", file_id, param=param)
+    if record.purpose != "fine-tune":
+        raise APIError(
+            400,
+            f"File '{file_id}' has purpose '{record.purpose}', not 'fine-tune'.",
+            param=param,
+            code="invalid_file_purpose",
+        )
+    if record.status != FileStatus.processed:
+        raise APIError(
+            400, f"File '{file_id}' failed validation: {record.status_details}", param=param, code="invalid_file_format"
+        )
+    return record
+
+
+def _add_event(session, job_id: str, message: str) -> None:
+    session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, message=message))
+
+
+def enqueue_job(job_id: str, queue: str) -> None:
+    celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
+
+
+@router.post("", response_model=JobPublic)
+def create_job(body: JobCreate, session: SessionDep, principal: CurrentOwner, settings: SettingsDep):
+    """Create a LoRA SFT job; it is queued once its row is committed."""
+    if find_model(settings, body.model) is None:
+        raise APIError(
+            400,
+            f"Model '{body.model}' is not offered by this server; see GET /v1/models.",
+            param="model",
+            code="model_not_found",
+        )
+    _usable_file(session, principal, body.training_file, "training_file")
+    if body.validation_file:
+        _usable_file(session, principal, body.validation_file, "validation_file")
+    hyperparameters = body.resolved_hyperparameters()
+    job = Job(
+        id=new_id("ftjob"),
+        owner=principal.owner,
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        hyperparameters=hyperparameters.model_dump(mode="json"),
+        suffix=body.suffix,
+        seed=DEFAULT_SEED if body.seed is None else body.seed,
+        user_metadata=body.metadata,
+        status=JobStatus.queued,
+    )
+    session.add(job)
+    session.flush()
+    _add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    _add_event(session, job.id, "Validated training file" + (" and validation file" if job.validation_file else ""))
+    _add_event(session, job.id, "Job queued")
+    after_commit(session, lambda: enqueue_job(job.id, settings.queue))
+    return JobPublic.of(job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(session: SessionDep, principal: CurrentOwner, after: Cursor = None, limit: Limit = 20):
+    """Your jobs, newest first."""
+    rows, has_more = page_after(session, select(Job).where(visible_to(principal, Job)), Job, after, limit)
+    return JobsPublic(data=[JobPublic.of(j) for j in rows], has_more=has_more)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def retrieve_job(job: JobDep):
+    """One job: status, progress, the fine-tuned model name and any error."""
+    return JobPublic.of(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job: JobDep, session: SessionDep):
+    """Cancel a queued job at once, or a running one at its next training step (its checkpoints stay)."""
+    if job.status == JobStatus.cancelled:
+        return JobPublic.of(job)
+    if job.status.finished:
+        # 400, not 409: the OpenAI SDK retries 409s.
+        raise APIError(
+            400,
+            f"Job '{job.id}' has already finished with status '{job.status.value}'.",
+            param="job_id",
+            code="job_finished",
+        )
+    was = job.status
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == was)
+        .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow(), estimated_finish=None)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # it moved on meanwhile (started or finished); the caller may retry
+        session.refresh(job)
+        return cancel_job(job, session)
+    note = "; training stops at its next step" if was == JobStatus.running else ""
+    _add_event(session, job.id, f"Job cancelled{note}")
+    session.flush()
+    session.refresh(job)
+    return JobPublic.of(job)
+
+
+@router.get("/{job_id}/events", response_model=EventsPublic)
+def list_events(job: JobDep, session: SessionDep, after: Cursor = None, limit: Limit = 20):
+    """Lifecycle and metrics events, newest first."""
+    query = select(JobEvent).where(JobEvent.job_id == job.id)
+    rows, has_more = page_after(session, query, JobEvent, after, limit)
+    return EventsPublic(data=[EventPublic.of(e) for e in rows], has_more=has_more)
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic)
+def list_checkpoints(job: JobDep, session: SessionDep, after: Cursor = None, limit: Limit = 10):
+    """Checkpoints with their step number and metrics, newest first."""
+    query = select(Checkpoint).where(Checkpoint.job_id == job.id)
+    rows, has_more = page_after(session, query, Checkpoint, after, limit)
+    data = [CheckpointPublic.of(c, job) for c in rows]
+    return CheckpointsPublic(
+        data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
+    )
+
+
+@router.get("/{job_id}/adapter", response_class=FileResponse, responses={304: {"description": "Not modified"}})
+def download_adapter(
+    job: JobDep, settings: SettingsDep, if_none_match: Annotated[str | None, Header(max_length=256)] = None
+):
+    """The trained adapter folder as one .tar.gz (supports Range, If-Range and ETag)."""
+    if job.status != JobStatus.succeeded or not job.adapter_sha256:
+        raise APIError(
+            400,
+            f"Job '{job.id}' has no adapter to download: its status is '{job.status.value}'.",
+            param="job_id",
+            code="adapter_not_ready",
+        )
+    etag = f'"{job.adapter_sha256}"'
+    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers={"etag": etag})
+    path = Storage(settings.resolved_storage_root).adapter_archive(job.id)
+    return FileResponse(
+        path,
+        media_type="application/gzip",
+        filename=f"{job.id}-adapter.tar.gz",
+        headers={"etag": etag, "x-checksum-sha256": job.adapter_sha256},
+    )

@@ -1,0 +1,261 @@
+"""Request and response bodies, in OpenAI's shapes, named by role."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from models import Checkpoint, FileRecord, Job, JobEvent
+from training.config import Hyperparameters
+
+SUFFIX_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def unix(moment: datetime | None) -> int | None:
+    return int(moment.timestamp()) if moment else None
+
+
+# ---------------------------------------------------------------- files
+
+
+class FilePublic(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: str
+    status_details: str | None = None
+    expires_at: int | None = None
+    sha256: str
+    examples: int
+
+    @classmethod
+    def of(cls, record: FileRecord) -> FilePublic:
+        return cls(
+            id=record.id,
+            bytes=record.bytes,
+            created_at=unix(record.created_at),
+            filename=record.filename,
+            purpose=record.purpose,
+            status=record.status.value,
+            status_details=record.status_details,
+            sha256=record.sha256,
+            examples=record.examples,
+        )
+
+
+class FilesPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FilePublic]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
+
+
+# ---------------------------------------------------------------- jobs
+
+
+class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["supervised"] = Field("supervised", description="Only supervised fine-tuning is offered")
+    supervised: SupervisedMethod | None = None
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(max_length=255, description="A base model from GET /v1/models")
+    training_file: str = Field(max_length=64, description="Id of an uploaded file with purpose fine-tune")
+    validation_file: str | None = Field(None, max_length=64)
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    suffix: str | None = Field(None, description="Up to 64 characters of A-Z a-z 0-9 . _ -")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = None
+    integrations: list[Any] | None = Field(None, max_length=0, description="Not supported; must be empty")
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix(cls, value: str | None) -> str | None:
+        if value is not None and not SUFFIX_PATTERN.match(value):
+            raise ValueError("must be 1-64 characters of A-Z a-z 0-9 . _ -")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        if len(value) > 16:
+            raise ValueError("at most 16 key-value pairs")
+        for key, item in value.items():
+            if len(key) > 64:
+                raise ValueError(f"key {key[:20]!r}... is longer than 64 characters")
+            if len(item) > 512:
+                raise ValueError(f"value of {key!r} is longer than 512 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _one_place_for_hyperparameters(self) -> JobCreate:
+        in_method = self.method.supervised.hyperparameters if self.method and self.method.supervised else None
+        if self.hyperparameters is not None and in_method is not None:
+            raise ValueError("give hyperparameters either at the top level or in method.supervised, not both")
+        return self
+
+    def resolved_hyperparameters(self) -> Hyperparameters:
+        if self.hyperparameters is not None:
+            return self.hyperparameters
+        if self.method and self.method.supervised and self.method.supervised.hyperparameters:
+            return self.method.supervised.hyperparameters
+        return Hyperparameters()
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    created_at: int
+    finished_at: int | None
+    model: str
+    fine_tuned_model: str | None
+    organization_id: str
+    status: str
+    hyperparameters: dict[str, Any]
+    method: dict[str, Any]
+    training_file: str
+    validation_file: str | None
+    result_files: list[str] = Field(default_factory=list)
+    trained_tokens: int | None
+    error: JobError | None
+    seed: int
+    user_provided_suffix: str | None
+    metadata: dict[str, str] | None
+    estimated_finish: int | None
+    integrations: list[Any] = Field(default_factory=list)
+    total_steps: int | None = None
+    completed_steps: int = 0
+
+    @classmethod
+    def of(cls, job: Job) -> JobPublic:
+        return cls(
+            id=job.id,
+            created_at=unix(job.created_at),
+            finished_at=unix(job.finished_at),
+            model=job.model,
+            fine_tuned_model=job.fine_tuned_model,
+            organization_id=job.owner,
+            status=job.status.value,
+            hyperparameters=job.hyperparameters,
+            method={"type": "supervised", "supervised": {"hyperparameters": job.hyperparameters}},
+            training_file=job.training_file,
+            validation_file=job.validation_file,
+            trained_tokens=job.trained_tokens,
+            error=JobError(**job.error) if job.error else None,
+            seed=job.seed,
+            user_provided_suffix=job.suffix,
+            metadata=job.user_metadata,
+            estimated_finish=unix(job.estimated_finish),
+            total_steps=job.total_steps,
+            completed_steps=job.completed_steps,
+        )
+
+
+class JobsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobPublic]
+    has_more: bool
+
+
+class EventPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: int
+    level: str
+    message: str
+    type: str
+    data: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, event: JobEvent) -> EventPublic:
+        return cls(
+            id=event.id,
+            created_at=unix(event.created_at),
+            level=event.level,
+            message=event.message,
+            type=event.type,
+            data=event.data,
+        )
+
+
+class EventsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EventPublic]
+    has_more: bool
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.checkpoint"] = "fine_tuning.job.checkpoint"
+    created_at: int
+    fine_tuned_model_checkpoint: str
+    fine_tuning_job_id: str
+    step_number: int
+    metrics: dict[str, Any]
+
+    @classmethod
+    def of(cls, checkpoint: Checkpoint, job: Job) -> CheckpointPublic:
+        base = job.fine_tuned_model or job.fine_tuned_name
+        return cls(
+            id=checkpoint.id,
+            created_at=unix(checkpoint.created_at),
+            fine_tuned_model_checkpoint=f"{base}:ckpt-step-{checkpoint.step_number}",
+            fine_tuning_job_id=job.id,
+            step_number=checkpoint.step_number,
+            metrics=checkpoint.metrics,
+        )
+
+
+class CheckpointsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[CheckpointPublic]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+
+# ---------------------------------------------------------------- models
+
+
+class ModelPublic(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    root: str | None = None
+    parent: str | None = None
+
+
+class ModelsPublic(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelPublic]

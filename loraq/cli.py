@@ -1,0 +1,99 @@
+"""The `loraq` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _cmd_up(args) -> int:
+    from loraq.embedded import run_embedded
+
+    return run_embedded(args.host, args.port, Path(args.data_dir))
+
+
+def _cmd_api(args) -> int:
+    from loraq.embedded import api_command
+
+    os.execv(sys.executable, api_command(args.host, args.port, args.workers))
+
+
+def _cmd_worker(args) -> int:
+    from loraq.embedded import worker_command
+    from loraq.settings import get_settings
+
+    command = worker_command(args.queues or get_settings().queue, args.name)
+    os.execv(sys.executable, command)
+
+
+def _cmd_migrate(args) -> int:
+    from loraq.migrate import upgrade
+    from loraq.settings import get_settings
+
+    upgrade(get_settings().resolved_database_url, args.revision)
+    return 0
+
+
+def _cmd_build_tiny(args) -> int:
+    from training.tiny_model import write_tiny_model
+
+    folder = write_tiny_model(Path(args.dir))
+    print(f"loraq-tiny-chat written to {folder}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loraq", description="Self-hosted OpenAI-compatible LoRA fine-tuning")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="Run everything on this machine (SQLite, embedded Redis, API, one worker)")
+    up.add_argument("--host", default="127.0.0.1", help="Address the API listens on")
+    up.add_argument("--port", type=int, default=8000, help="Port the API listens on")
+    up.add_argument(
+        "--data-dir",
+        default=os.environ.get("LORAQ_DATA_DIR", "loraq-data"),
+        help="Folder for the database, Redis, uploads, checkpoints and adapters",
+    )
+    up.set_defaults(func=_cmd_up)
+
+    api = commands.add_parser("api", help="Run the API server (configured by LORAQ_* variables)")
+    api.add_argument("--host", default="0.0.0.0", help="Address to listen on")
+    api.add_argument("--port", type=int, default=8000, help="Port to listen on")
+    api.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    api.set_defaults(func=_cmd_api)
+
+    worker = commands.add_parser("worker", help="Run a training worker (configured by LORAQ_* variables)")
+    worker.add_argument("--queues", default=None, help="Comma-separated broker queues to take jobs from")
+    worker.add_argument("--name", default="worker", help="Worker name (Celery node name prefix)")
+    worker.set_defaults(func=_cmd_worker)
+
+    migrate = commands.add_parser("migrate", help="Apply the database migrations")
+    migrate.add_argument("--revision", default="head", help="Target revision")
+    migrate.set_defaults(func=_cmd_migrate)
+
+    commands.add_parser(
+        "train", help="Train one adapter from the command line (the seed script's flags)", add_help=False
+    )
+
+    models = commands.add_parser("models", help="Base model utilities")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    tiny = model_commands.add_parser("build-tiny", help="Write the built-in loraq-tiny-chat model to a folder")
+    tiny.add_argument("dir", help="Destination folder")
+    tiny.set_defaults(func=_cmd_build_tiny)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:
+        from training.seed_cli import main as train_main
+
+        return train_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""One settings object, read from `LORAQ_*` environment variables, shared by the API and the workers."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BaseModelEntry(BaseModel):
+    """A base model the operator offers: a hub id or a local folder."""
+
+    source: str = Field(description="Hugging Face hub id or local folder of the model")
+    trust_remote_code: bool = Field(False, description="Allow the model's own Python code to run")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORAQ_", extra="ignore")
+
+    environment: Literal["development", "production"] = Field(
+        "development", description="`production` refuses unsafe defaults"
+    )
+    data_dir: Path = Field(Path("loraq-data"), description="Folder for the embedded database, Redis and files")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in the data folder")
+    broker_url: str | None = Field(None, description="Redis URL; default: the embedded Redis socket")
+    storage_root: Path | None = Field(None, description="Shared storage folder; default: data_dir/storage")
+    queue: str = Field("loraq", description="Broker queue that jobs are sent to and workers listen on")
+    base_models: dict[str, BaseModelEntry] = Field(
+        default_factory=dict,
+        description='Extra base models as JSON: {"name": {"source": "org/model", "trust_remote_code": false}}',
+    )
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest accepted upload")
+    lease_seconds: int = Field(60, ge=5, description="How long a worker's claim on a job lasts unrenewed")
+    bootstrap_api_key: str | None = Field(None, description="API key created at start-up (embedded mode)")
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production_defaults(self) -> Settings:
+        if self.environment == "production":
+            missing = [n for n in ("database_url", "broker_url", "storage_root") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"production needs explicit LORAQ_{', LORAQ_'.join(m.upper() for m in missing)}")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'loraq.db').resolve()}"
+
+    @property
+    def redis_socket(self) -> Path:
+        """Unix socket of the embedded Redis server."""
+        return (self.data_dir / "redis" / "redis.sock").resolve()
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"redis+socket://{self.redis_socket}"
+
+    @property
+    def resolved_storage_root(self) -> Path:
+        return (self.storage_root or self.data_dir / "storage").resolve()
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where the built-in tiny model is generated."""
+        return (self.data_dir / "models").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,113 @@
+"""Shared storage: uploads, job working folders, checkpoints and adapters under one root folder.
+
+Every piece of storage that a reader may see is written to a temporary name in the same folder and
+renamed into place, so nobody ever reads a half-written upload, checkpoint archive or adapter.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import tarfile
+import tempfile
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+class Storage:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # ---- uploads
+    def file_path(self, file_id: str) -> Path:
+        return self.root / "files" / f"{file_id}.jsonl"
+
+    def staging_file(self, folder: str) -> Path:
+        """A new empty temporary file inside `folder` (same filesystem as its final name)."""
+        directory = self.root / folder
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=".upload-", dir=directory)
+        os.close(fd)
+        return Path(name)
+
+    # ---- jobs
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / "jobs" / job_id
+
+    def checkpoints_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "checkpoints"
+
+    def adapter_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "adapter"
+
+    def adapter_archive(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "adapter.tar.gz"
+
+    def relative(self, path: Path) -> str:
+        return str(Path(path).resolve().relative_to(self.root.resolve()))
+
+    def resolve(self, key: str) -> Path:
+        return self.root / key
+
+
+def fsync_rename(staging: Path, final: Path) -> None:
+    """Flush `staging` to disk and rename it to `final` atomically."""
+    with open(staging, "rb") as handle:
+        os.fsync(handle.fileno())
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, final)
+    dir_fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_archive(folder: Path, destination: Path, arcname: str) -> tuple[str, int]:
+    """Pack `folder` into a reproducible .tar.gz at `destination`; returns (sha256, bytes).
+
+    Sorted names, zero mtimes and fixed owners make the same adapter give the same bytes, so the
+    archive's sha256 serves as a stable ETag.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, staging_name = tempfile.mkstemp(prefix=".archive-", dir=destination.parent)
+    staging = Path(staging_name)
+    try:
+        with (
+            os.fdopen(fd, "wb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                info = tar.gettarinfo(str(path), arcname=f"{arcname}/{path.relative_to(folder)}")
+                info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+                with path.open("rb") as handle:
+                    tar.addfile(info, handle)
+        fsync_rename(staging, destination)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    return sha256_of(destination), destination.stat().st_size
+
+
+def read_tail(path: Path, limit: int = 4000) -> str:
+    """The last `limit` bytes of a log file as text (for failure reasons)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, io.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""

@@ -1,0 +1,91 @@
+"""Progress records the training run appends to a JSONL file, and the stop file it obeys.
+
+The worker's supervisor tails the file and turns records into job events and checkpoint rows; run
+alone (`loraq train`), the same records go to the log. The file is the child's only channel out, so
+the training program needs no database, broker or HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+logger = logging.getLogger("loraq.training")
+
+
+class ProgressWriter:
+    """Appends one JSON object per line and flushes it at once, so a reader never sees half a record."""
+
+    def __init__(self, path: str | None):
+        self.path = Path(path) if path else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record_type: str, **fields) -> None:
+        record = {"type": record_type, "time": time.time(), **fields}
+        logger.info("%s", json.dumps(record))
+        if self.path:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+
+class ProgressCallback(TrainerCallback):
+    """Reports metrics per logging step and each checkpoint; stops at the next step once asked to."""
+
+    def __init__(self, writer: ProgressWriter, stop_path: str | None):
+        self.writer = writer
+        self.stop_path = Path(stop_path) if stop_path else None
+        self.stopped_early = False
+        self.last_metrics: dict = {}
+        self._last_log = (time.monotonic(), 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_log = (time.monotonic(), state.num_input_tokens_seen)
+        self.writer.write("started", total_steps=state.max_steps, epochs=args.num_train_epochs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop_path is not None and self.stop_path.exists():
+            self.stopped_early = True
+            control.should_training_stop = True
+            control.should_save = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs:
+            return
+        now, tokens = time.monotonic(), state.num_input_tokens_seen
+        then, tokens_then = self._last_log
+        self._last_log = (now, tokens)
+        self.last_metrics = {
+            "step": state.global_step,
+            "total_steps": state.max_steps,
+            "train_loss": logs["loss"],
+            "learning_rate": logs.get("learning_rate"),
+            "epoch": round(state.epoch or 0.0, 4),
+            "tokens_seen": tokens,
+            "tokens_per_second": round((tokens - tokens_then) / max(now - then, 1e-9), 2),
+            "train_mean_token_accuracy": logs.get("mean_token_accuracy"),
+        }
+        self.writer.write("metrics", **self.last_metrics)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics = metrics or {}
+        self.last_metrics.update(
+            {
+                "valid_loss": metrics.get("eval_loss"),
+                "valid_mean_token_accuracy": metrics.get("eval_mean_token_accuracy"),
+            }
+        )
+        self.writer.write("evaluation", step=state.global_step, **{k: metrics[k] for k in sorted(metrics)})
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        metrics = dict(self.last_metrics, step=state.global_step)
+        self.writer.write("checkpoint", step=state.global_step, path=str(folder), metrics=metrics)

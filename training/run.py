@@ -1,0 +1,249 @@
+"""Run one LoRA SFT job: parse config -> load data -> build trainer -> train -> save.
+
+    python -m training.run --config job.json
+
+This is the seed document's script done right on TRL 1.x / transformers 5.x: conversational rows go to
+TRL as `messages`, the loss covers assistant tokens (and their end-of-turn token) unless
+`train_on_inputs`, bf16 only on a GPU that has it, no paged optimizer, and the adapter folder is written
+under a temporary name and renamed into place with a `loraq.json` beside the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+
+from loraq.dataset_format import read_examples
+from training.config import TrainingConfig
+from training.progress import ProgressCallback, ProgressWriter
+from training.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
+
+logger = logging.getLogger("loraq.training")
+
+
+# --------------------------------------------------------------------------- model and data
+
+
+def resolve_base_model(config: TrainingConfig) -> str:
+    """The built-in tiny model is generated on first use; anything else is a hub id or a local folder."""
+    if config.base_model == TINY_MODEL_NAME:
+        cache = Path(config.model_cache_dir or Path.home() / ".cache" / "loraq")
+        return str(ensure_tiny_model(cache / TINY_MODEL_NAME))
+    return config.base_model
+
+
+def pick_precision() -> dict:
+    """bf16 on a GPU that supports it, fp16 on an older GPU, float32 on a CPU."""
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return {"dtype": torch.bfloat16, "bf16": True, "fp16": False, "optim": "adamw_torch_fused"}
+        return {"dtype": torch.float16, "bf16": False, "fp16": True, "optim": "adamw_torch_fused"}
+    return {"dtype": torch.float32, "bf16": False, "fp16": False, "optim": "adamw_torch"}
+
+
+def load_conversations(path: str) -> Dataset:
+    """Chat rows as TRL conversations; each message gets an explicit `weight` so the columns line up."""
+    rows = []
+    for example in read_examples(path):
+        messages = [
+            {"role": m["role"], "content": m["content"], "weight": int(m.get("weight", 1))} for m in example["messages"]
+        ]
+        rows.append({"messages": messages})
+    return Dataset.from_list(rows)
+
+
+def file_sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCallback) -> SFTTrainer:
+    hp = config.hyperparameters
+    precision = pick_precision()
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=precision["dtype"], trust_remote_code=config.trust_remote_code
+    )
+    train_ds = load_conversations(config.train_path)
+    eval_ds = load_conversations(config.eval_path) if config.eval_path else None
+    args = SFTConfig(
+        output_dir=config.checkpoint_dir,
+        max_length=hp.max_seq_length,
+        packing=False,
+        num_train_epochs=hp.n_epochs,
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.effective_learning_rate,
+        lr_scheduler_type=hp.lr_scheduler_type,
+        warmup_steps=hp.warmup_ratio,  # a float below 1 is a ratio of the total steps in transformers 5
+        optim=precision["optim"],
+        bf16=precision["bf16"],
+        fp16=precision["fp16"],
+        save_strategy="steps",
+        save_steps=hp.save_steps,
+        eval_strategy="steps" if eval_ds is not None else "no",
+        eval_steps=hp.save_steps,
+        logging_steps=hp.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        assistant_only_loss=not hp.train_on_inputs,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    peft_config = LoraConfig(
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        bias="none",
+        task_type="CAUSAL_LM",
+        target_modules=hp.target_modules,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[callback],
+    )
+
+
+# --------------------------------------------------------------------------- save
+
+
+def library_versions() -> dict:
+    import datasets
+    import peft
+    import transformers
+    import trl
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "trl": trl.__version__,
+        "datasets": datasets.__version__,
+    }
+
+
+def save_adapter(trainer: SFTTrainer, config: TrainingConfig, summary: dict) -> Path:
+    """Write adapter, tokenizer, chat template and loraq.json to a temporary folder, then rename it."""
+    final = Path(config.output_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        trainer.model.save_pretrained(staging)
+        trainer.processing_class.save_pretrained(staging)
+        record = {
+            "config": json.loads(config.model_dump_json()),
+            "datasets": {
+                "train_sha256": file_sha256(config.train_path),
+                "eval_sha256": file_sha256(config.eval_path) if config.eval_path else None,
+            },
+            "versions": library_versions(),
+            "metrics": summary,
+        }
+        (staging / "loraq.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+        if final.is_dir():
+            # `loraq train --output_dir` keeps the seed's layout (checkpoints beside the final adapter):
+            # replace the adapter files one by one, each atomically.
+            for item in staging.iterdir():
+                os.replace(item, final / item.name)
+            staging.rmdir()
+        else:
+            os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+# --------------------------------------------------------------------------- main
+
+
+def train(config: TrainingConfig) -> dict:
+    """Train and save; returns the outcome record (also appended to the progress file)."""
+    writer = ProgressWriter(config.progress_path)
+    callback = ProgressCallback(writer, config.stop_path)
+    torch.manual_seed(config.seed)
+    model_path = resolve_base_model(config)
+    trainer = build_trainer(config, model_path, callback)
+    started = time.monotonic()
+    output = trainer.train()
+    state = trainer.state
+    summary = {
+        "steps": state.global_step,
+        "total_steps": state.max_steps,
+        "trained_tokens": int(state.num_input_tokens_seen),
+        "train_loss": output.training_loss,
+        "train_runtime_s": round(time.monotonic() - started, 3),
+        **{k: v for k, v in callback.last_metrics.items() if k.startswith(("valid_", "train_mean"))},
+    }
+    if callback.stopped_early:
+        writer.write("stopped", **summary)
+        return {"type": "stopped", **summary}
+    folder = save_adapter(trainer, config, summary)
+    writer.write("completed", adapter_dir=str(folder), **summary)
+    return {"type": "completed", "adapter_dir": str(folder), **summary}
+
+
+def describe_failure(exc: BaseException) -> dict:
+    """A reason a user can act on; out-of-memory names the knobs to lower."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return {
+            "code": "out_of_memory",
+            "message": "Training ran out of memory. Lower hyperparameters.batch_size or "
+            "hyperparameters.max_seq_length (raise gradient_accumulation_steps to keep the effective batch), "
+            "or lora_r.",
+        }
+    return {"code": "training_error", "message": f"{type(exc).__name__}: {exc}"[:2000]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="Path of a TrainingConfig JSON file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = TrainingConfig.model_validate_json(Path(args.config).read_text())
+    try:
+        train(config)
+    except BaseException as exc:
+        traceback.print_exc()
+        ProgressWriter(config.progress_path).write("failed", **describe_failure(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Celery workers: the job task supervises one training process per job."""

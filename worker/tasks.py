@@ -1,0 +1,17 @@
+"""The job task. It receives only the job id; the job row says everything else."""
+
+from __future__ import annotations
+
+import logging
+
+from loraq.settings import get_settings
+from worker.celery_app import RUN_JOB_TASK, celery_app
+from worker.supervisor import JobSupervisor
+
+logger = logging.getLogger("loraq.worker")
+
+
+@celery_app.task(name=RUN_JOB_TASK, acks_late=True)
+def run_job(job_id: str) -> str:
+    """Claim the job and supervise its training run; a second delivery of a claimed job does nothing."""
+    return JobSupervisor(job_id, get_settings()).run()
