@@ -88,5 +88,8 @@ class TrainingConfig(BaseModel):
     progress_path: str | None = Field(None, description="JSONL file the run appends progress records to")
     stop_path: str | None = Field(None, description="If this file appears, training stops at the next step")
     seed: int = Field(42, description="Random seed")
+    max_train_seconds: float | None = Field(
+        None, gt=0, description="Stop training after this long and save the adapter learned so far"
+    )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     extra_metadata: dict[str, Any] = Field(default_factory=dict, description="Copied into loraq.json")

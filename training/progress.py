@@ -39,14 +39,18 @@ class ProgressWriter:
 class ProgressCallback(TrainerCallback):
     """Reports metrics per logging step and each checkpoint; stops at the next step once asked to."""
 
-    def __init__(self, writer: ProgressWriter, stop_path: str | None):
+    def __init__(self, writer: ProgressWriter, stop_path: str | None, max_seconds: float | None = None):
         self.writer = writer
         self.stop_path = Path(stop_path) if stop_path else None
+        self.max_seconds = max_seconds
         self.stopped_early = False
+        self.time_limited = False
+        self._started = time.monotonic()
         self.last_metrics: dict = {}
         self._last_log = (time.monotonic(), 0)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._started = time.monotonic()
         self._last_log = (time.monotonic(), state.num_input_tokens_seen)
         self.writer.write("started", total_steps=state.max_steps, epochs=args.num_train_epochs)
 
@@ -55,6 +59,9 @@ class ProgressCallback(TrainerCallback):
             self.stopped_early = True
             control.should_training_stop = True
             control.should_save = False
+        elif self.max_seconds is not None and time.monotonic() - self._started >= self.max_seconds:
+            self.time_limited = True
+            control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}

@@ -195,7 +195,7 @@ def save_adapter(trainer: SFTTrainer, config: TrainingConfig, summary: dict) -> 
 def train(config: TrainingConfig) -> dict:
     """Train and save; returns the outcome record (also appended to the progress file)."""
     writer = ProgressWriter(config.progress_path)
-    callback = ProgressCallback(writer, config.stop_path)
+    callback = ProgressCallback(writer, config.stop_path, config.max_train_seconds)
     torch.manual_seed(config.seed)
     model_path = resolve_base_model(config)
     trainer = build_trainer(config, model_path, callback)
@@ -208,6 +208,7 @@ def train(config: TrainingConfig) -> dict:
         "trained_tokens": int(state.num_input_tokens_seen),
         "train_loss": output.training_loss,
         "train_runtime_s": round(time.monotonic() - started, 3),
+        "time_limited": callback.time_limited,
         **{k: v for k, v in callback.last_metrics.items() if k.startswith(("valid_", "train_mean"))},
     }
     if callback.stopped_early:

@@ -1,0 +1,60 @@
+"""Thin HTTP calls used by the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def upload(client: httpx.Client, content: bytes | list, filename: str = "train.jsonl", purpose="fine-tune"):
+    if isinstance(content, list):
+        content = "".join(json.dumps(row) + "\n" for row in content).encode()
+    return client.post("/v1/files", files={"file": (filename, content)}, data={"purpose": purpose})
+
+
+def upload_ok(client: httpx.Client, content: bytes | list) -> str:
+    response = upload(client, content)
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def create_job(client: httpx.Client, training_file: str, **body):
+    return client.post(
+        "/v1/fine_tuning/jobs", json={"model": "loraq-tiny-chat", "training_file": training_file, **body}
+    )
+
+
+def wait_for(client: httpx.Client, job_id: str, until=FINISHED, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        if job["status"] in until:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")
+
+
+def events(client: httpx.Client, job_id: str) -> list[dict]:
+    """All events, oldest first."""
+    collected, after = [], None
+    while True:
+        params = {"limit": 100, **({"after": after} if after else {})}
+        page = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params=params).json()
+        collected += page["data"]
+        if not page["has_more"]:
+            return list(reversed(collected))
+        after = page["data"][-1]["id"]
+
+
+def wait_for_event(client: httpx.Client, job_id: str, kind: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in events(client, job_id) if e["type"] == kind]
+        if found:
+            return found[0]
+        time.sleep(0.3)
+    raise AssertionError(f"no {kind} event for {job_id} within {timeout}s")

@@ -1,0 +1,120 @@
+"""The product path over plain HTTP: upload, create, poll, events, checkpoints, download, load, generate."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.e2e.calls import create_job, events, upload_ok, wait_for
+from tests.facts import FACTS, MEMORISE, chat_rows, greedy_answers
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def trained_job(service):
+    with service.client() as client:
+        file_id = upload_ok(client, chat_rows())
+        response = create_job(
+            client, file_id, suffix="facts", seed=7, metadata={"team": "qa"}, hyperparameters=MEMORISE
+        )
+        assert response.status_code == 200, response.text
+        job = response.json()
+        assert job["status"] == "queued"
+        return wait_for(client, job["id"])
+
+
+def test_job_succeeds_with_openai_shaped_record(trained_job):
+    job = trained_job
+    assert job["status"] == "succeeded", job["error"]
+    assert job["fine_tuned_model"] == f"ft:loraq-tiny-chat:facts:{job['id']}"
+    assert job["trained_tokens"] > 0
+    assert job["seed"] == 7 and job["metadata"] == {"team": "qa"}
+    assert job["hyperparameters"]["n_epochs"] == 20 and job["hyperparameters"]["lora_r"] == 16
+    assert job["completed_steps"] == job["total_steps"] == 8 * 20
+    assert job["finished_at"] >= job["created_at"]
+
+
+def test_events_report_lifecycle_and_metrics(client, trained_job):
+    history = events(client, trained_job["id"])
+    messages = [e["message"] for e in history]
+    assert messages[0].startswith("Created fine-tuning job")
+    assert messages[-1] == "The job has successfully completed"
+    metrics = [e for e in history if e["type"] == "metrics"]
+    assert [m["data"]["step"] for m in metrics] == list(range(20, 161, 20))
+    for event in metrics:
+        assert {"step", "total_steps", "train_loss", "learning_rate", "tokens_per_second", "epoch"} <= set(
+            event["data"]
+        )
+        assert event["data"]["total_steps"] == 160
+    assert metrics[-1]["data"]["train_loss"] < metrics[0]["data"]["train_loss"] / 10
+
+
+def test_checkpoints_listed_with_metrics(client, trained_job):
+    page = client.get(f"/v1/fine_tuning/jobs/{trained_job['id']}/checkpoints").json()
+    steps = [c["step_number"] for c in page["data"]]
+    assert steps == [160, 80]  # newest first; save_steps 80, plus the final step
+    assert all(c["metrics"]["train_loss"] > 0 for c in page["data"])
+    assert page["data"][0]["fine_tuned_model_checkpoint"].endswith(":ckpt-step-160")
+
+
+def test_models_list_includes_the_adapter(client, trained_job):
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert "loraq-tiny-chat" in ids and trained_job["fine_tuned_model"] in ids
+
+
+def test_adapter_download_supports_etag_and_range(client, trained_job):
+    url = f"/v1/fine_tuning/jobs/{trained_job['id']}/adapter"
+    full = client.get(url)
+    assert full.status_code == 200 and full.headers["content-type"] == "application/gzip"
+    etag = full.headers["etag"]
+    assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+    part = client.get(url, headers={"Range": "bytes=10-99"})
+    assert part.status_code == 206 and part.content == full.content[10:100]
+    stale = client.get(url, headers={"Range": "bytes=0-9", "If-Range": '"stale"'})
+    assert stale.status_code == 200 and stale.content == full.content
+
+
+def test_downloaded_adapter_learned_the_facts(client, trained_job, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.tiny_model import write_tiny_model
+
+    archive = client.get(f"/v1/fine_tuning/jobs/{trained_job['id']}/adapter").content
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    adapter_dir = tmp_path / trained_job["id"]
+    names = {p.name for p in adapter_dir.iterdir()}
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "loraq.json",
+    } <= names
+    record = json.loads((adapter_dir / "loraq.json").read_text())
+    assert record["config"]["hyperparameters"]["learning_rate"] == 2e-3
+    assert len(record["datasets"]["train_sha256"]) == 64 and "torch" in record["versions"]
+
+    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    assert weights and all("lora_" in name for name in weights)  # only LoRA weights ship
+    assert all(w.abs().sum() > 0 for n, w in weights.items() if "lora_B" in n)  # B starts at zero: it moved
+
+    base_dir = write_tiny_model(tmp_path / "base")  # deterministic: the same base the server trained on
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    model = PeftModel.from_pretrained(base, adapter_dir)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    answers = greedy_answers(model, tokenizer, [q for q, _ in FACTS])
+    assert answers == [a for _, a in FACTS]
+    after = dict(model.get_base_model().named_parameters())
+    for name, value in before.items():
+        module, _, leaf = name.rpartition(".")
+        key = name if name in after else f"{module}.base_layer.{leaf}"  # LoRA wraps the targeted layers
+        assert key in after, name
+        assert (after[key] == value).all(), f"base weight {name} changed"
