@@ -3,6 +3,7 @@ embedded Redis server, SQLite) in a temporary data folder, driven over HTTP."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 API_KEY = "lq-test-key-0123456789abcdef"
+LOCAL_MODEL = "tiny-local"
 
 
 def free_port() -> int:
@@ -41,9 +43,18 @@ class Service:
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory):
+    from training.tiny_model import write_tiny_model
+
     data_dir = tmp_path_factory.mktemp("loraq-data")
+    # An operator-listed base model from a local folder: loaded through the same code as a hub id.
+    local_model = write_tiny_model(tmp_path_factory.mktemp("operator-models") / "tiny-local")
     port = free_port()
-    env = dict(os.environ, LORAQ_BOOTSTRAP_API_KEY=API_KEY, PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        LORAQ_BOOTSTRAP_API_KEY=API_KEY,
+        PYTHONUNBUFFERED="1",
+        LORAQ_BASE_MODELS=json.dumps({LOCAL_MODEL: {"source": str(local_model)}}),
+    )
     for name in ("LORAQ_DATABASE_URL", "LORAQ_BROKER_URL", "LORAQ_STORAGE_ROOT"):
         env.pop(name, None)
     log = (data_dir / "service.log").open("wb")

@@ -1,0 +1,58 @@
+"""Upload limits and ownership of files, in process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.api.conftest import auth
+
+LINE = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n"
+
+
+def _stored(settings):
+    folder = settings.resolved_storage_root / "files"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_upload_over_the_cap_is_413_and_stores_nothing(app_client, settings):
+    big = (LINE * 200).encode()  # > 4096 bytes
+    response = app_client.post(
+        "/v1/files", headers=auth("alice"), files={"file": ("big.jsonl", big)}, data={"purpose": "fine-tune"}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "file_too_large" and response.json()["error"]["param"] == "file"
+    assert _stored(settings) == []
+    assert app_client.get("/v1/files", headers=auth("alice")).json()["data"] == []
+
+
+def test_upload_is_hashed_and_owned(app_client, settings):
+    import hashlib
+
+    body = (LINE * 3).encode()
+    response = app_client.post(
+        "/v1/files", headers=auth("alice"), files={"file": ("../../etc/passwd", body)}, data={"purpose": "fine-tune"}
+    )
+    assert response.status_code == 200, response.text
+    record = response.json()
+    assert record["sha256"] == hashlib.sha256(body).hexdigest() and record["bytes"] == len(body)
+    assert record["filename"] == "passwd"  # a label only; storage names come from the server's ids
+    assert _stored(settings) == [f"{record['id']}.jsonl"]
+    assert app_client.get(f"/v1/files/{record['id']}", headers=auth("bob")).status_code == 404
+    assert app_client.get(f"/v1/files/{record['id']}/content", headers=auth("bob")).status_code == 404
+    assert app_client.get(f"/v1/files/{record['id']}", headers=auth("alice")).status_code == 200
+
+
+def test_api_does_not_import_the_training_stack(tmp_path):
+    """DESIGN.md: api/ never imports torch. Checked in a clean interpreter, as the other tests load it."""
+    code = "import api.main, sys; print([m for m in ('torch', 'transformers', 'peft', 'trl') if m in sys.modules])"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"LORAQ_DATA_DIR": str(tmp_path), "PATH": os.environ["PATH"]},
+    )
+    assert result.stdout.strip() == "[]"

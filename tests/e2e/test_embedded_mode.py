@@ -1,0 +1,81 @@
+"""`loraq up`: one command brings everything up with a generated key; Ctrl-C takes all of it down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import LOCAL_MODEL, free_port
+from tests.e2e.calls import create_job, upload_ok, wait_for
+from tests.facts import chat_rows
+
+pytestmark = pytest.mark.e2e
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_up_generates_a_key_and_ctrl_c_stops_everything(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAQ_")}
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "loraq.cli", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        key = None
+        deadline = time.monotonic() + 90
+        while key is None and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            assert line, "loraq up exited before printing its API key"
+            if line.startswith("API key: "):
+                key = line.split(": ", 1)[1].strip()
+        assert key and (tmp_path / "data" / "api_key").read_text().strip() == key
+        response = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 200
+        children = _children(process.pid)
+        assert len(children) == 3  # redis-server, the worker and the API
+
+        process.send_signal(signal.SIGINT)  # what Ctrl-C delivers
+        assert process.wait(timeout=60) == 0
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in children if _alive(pid)]
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_operator_listed_local_model_trains(client):
+    assert LOCAL_MODEL in [m["id"] for m in client.get("/v1/models").json()["data"]]
+    file_id = upload_ok(client, chat_rows()[:2])
+    job = create_job(client, file_id, model=LOCAL_MODEL, hyperparameters={"n_epochs": 1}).json()
+    finished = wait_for(client, job["id"])
+    assert finished["status"] == "succeeded", finished["error"]
+    assert finished["fine_tuned_model"].startswith(f"ft:{LOCAL_MODEL}:")
