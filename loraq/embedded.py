@@ -101,7 +101,9 @@ def run_embedded(host: str, port: int, data_dir: Path) -> int:
         stopping = True
         raise KeyboardInterrupt
 
+    # Installed explicitly: a process started in the background by a shell inherits an ignored SIGINT.
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         if settings.broker_url is None:
             processes.append(start_redis(settings.redis_socket))

@@ -28,12 +28,24 @@ class ProgressWriter:
 
     def write(self, record_type: str, **fields) -> None:
         record = {"type": record_type, "time": time.time(), **fields}
-        logger.info("%s", json.dumps(record))
+        logger.info("%s", describe(record))
         if self.path:
             with self.path.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
                 handle.flush()
                 os.fsync(handle.fileno())
+
+
+def describe(record: dict) -> str:
+    """One readable log line for a progress record."""
+    kind = record["type"]
+    if kind == "metrics":
+        return (
+            f"step {record['step']}/{record['total_steps']}  loss {record['train_loss']:.4f}  "
+            f"lr {record['learning_rate']:.3g}  epoch {record['epoch']:.2f}  {record['tokens_per_second']:.0f} tok/s"
+        )
+    details = {k: v for k, v in record.items() if k not in ("type", "time", "metrics")}
+    return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in details.items())
 
 
 class ProgressCallback(TrainerCallback):

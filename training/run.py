@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from loraq.dataset_format import read_examples
@@ -118,6 +118,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     peft_config = LoraConfig(
         r=hp.lora_r,
@@ -127,7 +128,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         task_type="CAUSAL_LM",
         target_modules=hp.target_modules,
     )
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -136,6 +137,8 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         peft_config=peft_config,
         callbacks=[callback],
     )
+    trainer.remove_callback(PrinterCallback)  # our ProgressCallback reports the same, readably
+    return trainer
 
 
 # --------------------------------------------------------------------------- save
@@ -231,11 +234,21 @@ def describe_failure(exc: BaseException) -> dict:
     return {"code": "training_error", "message": f"{type(exc).__name__}: {exc}"[:2000]}
 
 
+def configure_logging() -> None:
+    """Readable progress lines; no progress bars in logs."""
+    import datasets
+    import transformers
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="Path of a TrainingConfig JSON file")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     config = TrainingConfig.model_validate_json(Path(args.config).read_text())
     try:
         train(config)

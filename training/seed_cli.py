@@ -6,7 +6,6 @@ loraq train --base_model loraq-tiny-chat --train_path data/train.jsonl --output_
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from training.config import Hyperparameters, TrainingConfig
@@ -73,8 +72,9 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    from training.run import train  # torch loads only once the flags are good
+    from training.run import configure_logging, train  # torch loads only once the flags are good
+
+    configure_logging()
 
     result = train(config_from_args(args))
     print(f"adapter saved to {result.get('adapter_dir')} ({result['steps']} steps, loss {result['train_loss']:.4f})")
