@@ -32,7 +32,14 @@ def _cmd_migrate(args) -> int:
     from loraq.migrate import upgrade
     from loraq.settings import get_settings
 
-    upgrade(get_settings().resolved_database_url, args.revision)
+    settings = get_settings()
+    upgrade(settings.resolved_database_url, args.revision)
+    if settings.bootstrap_api_key:
+        from api.auth import ensure_key
+        from models.session import session_scope
+
+        with session_scope(settings.resolved_database_url) as session:
+            ensure_key(session, owner="default", name="bootstrap", key=settings.bootstrap_api_key, is_admin=True)
     return 0
 
 
