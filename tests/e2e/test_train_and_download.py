@@ -19,8 +19,15 @@ pytestmark = pytest.mark.e2e
 def trained_job(service):
     with service.client() as client:
         file_id = upload_ok(client, chat_rows())
+        validation_id = upload_ok(client, chat_rows()[:3])
         response = create_job(
-            client, file_id, suffix="facts", seed=7, metadata={"team": "qa"}, hyperparameters=MEMORISE
+            client,
+            file_id,
+            validation_file=validation_id,
+            suffix="facts",
+            seed=7,
+            metadata={"team": "qa"},
+            hyperparameters=MEMORISE,
         )
         assert response.status_code == 200, response.text
         job = response.json()
@@ -45,13 +52,15 @@ def test_events_report_lifecycle_and_metrics(client, trained_job):
     assert messages[0].startswith("Created fine-tuning job")
     assert messages[-1] == "The job has successfully completed"
     metrics = [e for e in history if e["type"] == "metrics"]
-    assert [m["data"]["step"] for m in metrics] == list(range(20, 161, 20))
-    for event in metrics:
+    train_metrics = [m for m in metrics if "train_loss" in m["data"]]
+    assert [m["data"]["step"] for m in train_metrics] == list(range(20, 161, 20))
+    for event in train_metrics:
         assert {"step", "total_steps", "train_loss", "learning_rate", "tokens_per_second", "epoch"} <= set(
             event["data"]
         )
         assert event["data"]["total_steps"] == 160
-    assert metrics[-1]["data"]["train_loss"] < metrics[0]["data"]["train_loss"] / 10
+    assert train_metrics[-1]["data"]["train_loss"] < train_metrics[0]["data"]["train_loss"] / 10
+    assert any(m["message"].startswith("Step 80: validation loss=") for m in metrics)
 
 
 def test_checkpoints_listed_with_metrics(client, trained_job):
@@ -59,6 +68,9 @@ def test_checkpoints_listed_with_metrics(client, trained_job):
     steps = [c["step_number"] for c in page["data"]]
     assert steps == [160, 80]  # newest first; save_steps 80, plus the final step
     assert all(c["metrics"]["train_loss"] > 0 for c in page["data"])
+    # With a validation file, each checkpoint also carries the evaluation figures.
+    assert all(c["metrics"]["valid_loss"] > 0 for c in page["data"])
+    assert page["data"][0]["metrics"]["valid_loss"] < page["data"][1]["metrics"]["valid_loss"]
     assert page["data"][0]["fine_tuned_model_checkpoint"].endswith(":ckpt-step-160")
 
 
