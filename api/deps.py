@@ -19,7 +19,7 @@ from api.auth import Principal, authenticate
 from api.errors import APIError, not_found
 from loraq.settings import Settings
 from models import FileRecord, Job
-from models.session import get_sessionmaker
+from models.session import session_scope
 
 logger = logging.getLogger("loraq.api")
 
@@ -32,16 +32,9 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
-    session = get_sessionmaker(settings.resolved_database_url)()
-    session.info["after_commit"] = []
-    try:
+    with session_scope(settings.resolved_database_url) as session:
+        session.info["after_commit"] = []
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
     for action in session.info["after_commit"]:
         try:
             action()

@@ -10,8 +10,11 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -51,6 +54,30 @@ class Storage:
 
     def resolve(self, key: str) -> Path:
         return self.root / key
+
+
+@contextmanager
+def staged_directory(final: Path, merge_into_existing: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `final`; on success it becomes `final` in one rename.
+
+    An existing `final` is replaced whole, or with `merge_into_existing` kept and updated file by file
+    (each file replaced atomically). On error the temporary folder is removed and `final` is untouched.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield staging
+        if merge_into_existing and final.is_dir():
+            for item in staging.iterdir():
+                os.replace(item, final / item.name)
+            staging.rmdir()
+            return
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def fsync_rename(staging: Path, final: Path) -> None:

@@ -13,11 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -29,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from loraq.dataset_format import read_examples
+from loraq.storage import sha256_of, staged_directory
 from training.config import TrainingConfig
 from training.progress import ProgressCallback, ProgressWriter
 from training.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
@@ -65,16 +63,6 @@ def load_conversations(path: str) -> Dataset:
         ]
         rows.append({"messages": messages})
     return Dataset.from_list(rows)
-
-
-def file_sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- trainer
@@ -163,32 +151,21 @@ def library_versions() -> dict:
 def save_adapter(trainer: SFTTrainer, config: TrainingConfig, summary: dict) -> Path:
     """Write adapter, tokenizer, chat template and loraq.json to a temporary folder, then rename it."""
     final = Path(config.output_dir)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
+    # `loraq train --output_dir` keeps the seed's layout (checkpoints beside the adapter), so an existing
+    # folder is updated file by file; the worker's adapter folder is new and appears in one rename.
+    with staged_directory(final, merge_into_existing=True) as staging:
         trainer.model.save_pretrained(staging)
         trainer.processing_class.save_pretrained(staging)
         record = {
             "config": json.loads(config.model_dump_json()),
             "datasets": {
-                "train_sha256": file_sha256(config.train_path),
-                "eval_sha256": file_sha256(config.eval_path) if config.eval_path else None,
+                "train_sha256": sha256_of(config.train_path),
+                "eval_sha256": sha256_of(config.eval_path) if config.eval_path else None,
             },
             "versions": library_versions(),
             "metrics": summary,
         }
         (staging / "loraq.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-        if final.is_dir():
-            # `loraq train --output_dir` keeps the seed's layout (checkpoints beside the final adapter):
-            # replace the adapter files one by one, each atomically.
-            for item in staging.iterdir():
-                os.replace(item, final / item.name)
-            staging.rmdir()
-        else:
-            os.replace(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return final
 
 

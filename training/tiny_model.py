@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from loraq.base_models import TINY_MODEL_NAME
+from loraq.storage import staged_directory
 
 __all__ = ["TINY_MODEL_NAME", "ensure_tiny_model", "write_tiny_model"]
 
@@ -122,20 +120,12 @@ def build_tiny_model(vocab_size: int, eos_token_id: int, pad_token_id: int):
 def write_tiny_model(folder: str | Path) -> Path:
     """Write the tiny model and tokenizer to `folder` (replaced atomically if it exists)."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer()
     model = build_tiny_model(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_directory(folder) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "loraq_tiny.json").write_text(json.dumps({"version": TINY_MODEL_VERSION}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return folder
 
 
