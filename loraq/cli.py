@@ -15,17 +15,21 @@ def _cmd_up(args) -> int:
 
 
 def _cmd_api(args) -> int:
-    from loraq.embedded import api_command
+    from loraq.launch import api_command
 
     os.execv(sys.executable, api_command(args.host, args.port, args.workers))
 
 
 def _cmd_worker(args) -> int:
-    from loraq.embedded import worker_command
+    from loraq.launch import worker_command
     from loraq.settings import get_settings
 
-    command = worker_command(args.queues or get_settings().queue, args.name)
-    os.execv(sys.executable, command)
+    queues = args.queues or get_settings().queue
+    if args.gpus:
+        from worker.gpu_fleet import run_fleet
+
+        return run_fleet([g.strip() for g in args.gpus.split(",") if g.strip()], queues, args.name)
+    os.execv(sys.executable, worker_command(queues, args.name))
 
 
 def _cmd_migrate(args) -> int:
@@ -74,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="Run a training worker (configured by LORAQ_* variables)")
     worker.add_argument("--queues", default=None, help="Comma-separated broker queues to take jobs from")
     worker.add_argument("--name", default="worker", help="Worker name (Celery node name prefix)")
+    worker.add_argument(
+        "--gpus",
+        default=None,
+        help="Comma-separated GPU indices: one worker process per GPU, each seeing only its device",
+    )
     worker.set_defaults(func=_cmd_worker)
 
     migrate = commands.add_parser("migrate", help="Apply the database migrations")

@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from loraq.embedded_redis import start_redis
+from loraq.launch import api_command, spawn, worker_command
 from loraq.migrate import upgrade
 from loraq.settings import Settings
 
@@ -38,24 +39,6 @@ def bootstrap_api_key(settings: Settings) -> str:
     with session_scope(settings.resolved_database_url) as session:
         ensure_key(session, owner="default", name="bootstrap", key=key, is_admin=True)
     return key
-
-
-def worker_command(queue: str, name: str = "worker") -> list[str]:
-    return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
-        "--pool", "solo", "--concurrency", "1", "--queues", queue, "--hostname", f"{name}@%h",
-        "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-    ]  # fmt: skip
-
-
-def api_command(host: str, port: int, workers: int = 1) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
-            "--workers", str(workers), "--no-access-log"]  # fmt: skip
-
-
-def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
-    # Own session: Ctrl-C reaches only `loraq up`, which then stops the children in order.
-    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def wait_healthy(url: str, processes: list[subprocess.Popen], timeout: float = 60.0) -> None:
@@ -110,8 +93,8 @@ def run_embedded(host: str, port: int, data_dir: Path) -> int:
         upgrade(settings.resolved_database_url)
         key = bootstrap_api_key(settings)
         env = dict(os.environ, LORAQ_DATA_DIR=str(data_dir))
-        processes.append(_spawn(worker_command(settings.queue), env))
-        processes.append(_spawn(api_command(host, port), env))
+        processes.append(spawn(worker_command(settings.queue), env))
+        processes.append(spawn(api_command(host, port), env))
         base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         wait_healthy(f"{base}/healthz", processes)
         print(

@@ -15,6 +15,7 @@ class BaseModelEntry(BaseModel):
 
     source: str = Field(description="Hugging Face hub id or local folder of the model")
     trust_remote_code: bool = Field(False, description="Allow the model's own Python code to run")
+    queue: str | None = Field(None, description="Broker queue for this model's jobs (default: LORAQ_QUEUE)")
 
 
 class Settings(BaseSettings):
@@ -33,7 +34,12 @@ class Settings(BaseSettings):
         description='Extra base models as JSON: {"name": {"source": "org/model", "trust_remote_code": false}}',
     )
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest accepted upload")
-    lease_seconds: int = Field(60, ge=5, description="How long a worker's claim on a job lasts unrenewed")
+    lease_seconds: int = Field(60, ge=2, description="How long a worker's claim on a job lasts unrenewed")
+    max_attempts: int = Field(3, ge=1, description="Runs of a job (after lost workers or crashes) before it fails")
+    reconcile_seconds: float = Field(30, gt=0, description="How often each worker repairs lost or stuck jobs")
+    requeue_after_seconds: float = Field(
+        120, gt=0, description="A queued job absent from the broker this long is sent again"
+    )
     bootstrap_api_key: str | None = Field(None, description="API key created at start-up (embedded mode)")
 
     @model_validator(mode="after")

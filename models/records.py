@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Enum, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, Enum, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
@@ -81,11 +81,15 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer)
     user_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), index=True)
+    # Broker queue the job is sent to (operators route base models to GPU classes), and when it last was.
+    queue: Mapped[str] = mapped_column(String(64), default="loraq", server_default="loraq")
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(255), nullable=True, unique=True)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completed_steps: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

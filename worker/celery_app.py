@@ -14,17 +14,23 @@ def make_celery(broker_url: str, queue: str) -> Celery:
     app.conf.update(
         task_default_queue=queue,
         task_ignore_result=True,  # the database holds every outcome
-        task_acks_late=True,  # a job whose worker dies before finishing is delivered again ...
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,  # ... and no second job waits behind a running one
+        # Acknowledge on receipt. A message left unacknowledged for a multi-hour job would be delivered
+        # again by Redis once its visibility timeout passes; instead the job row carries a lease, and
+        # the reconciler re-sends jobs whose worker vanished or whose message was lost.
+        task_acks_late=False,
+        worker_prefetch_multiplier=1,
+        worker_disable_prefetch=True,  # no second job reserved behind a running one
         worker_concurrency=1,
         broker_connection_retry_on_startup=True,
-        # A second delivery of a long job finds the claim taken and does nothing, but there is no
-        # reason to invite it: keep the unacked message invisible for a day.
         broker_transport_options={"visibility_timeout": 24 * 3600},
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def send_job(job_id: str, queue: str) -> None:
+    """Send a job id to its queue; callers commit the job row first."""
+    celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
 
 
 _settings = get_settings()

@@ -71,6 +71,7 @@ def record_metrics(session: Session, job_id: str, worker_id: str, record: dict[s
     now = utcnow()
     job.total_steps, job.completed_steps = total, step
     job.trained_tokens = record.get("tokens_seen")
+    job.tokens_per_second = record.get("tokens_per_second")
     if job.started_at and step:
         per_step = (now - job.started_at) / step
         job.estimated_finish = now + per_step * max(total - step, 0)
@@ -90,7 +91,14 @@ def finish_job(session: Session, job_id: str, worker_id: str, status: JobStatus,
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.lease_owner == worker_id, Job.status == JobStatus.running)
-        .values(status=status, finished_at=utcnow(), lease_expires_at=None, estimated_finish=None, **values)
+        .values(
+            status=status,
+            finished_at=utcnow(),
+            lease_expires_at=None,
+            estimated_finish=None,
+            tokens_per_second=None,
+            **values,
+        )
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import logging
 
+from celery.signals import worker_ready
+
 from loraq.settings import get_settings
 from worker.celery_app import RUN_JOB_TASK, celery_app
+from worker.reconciler import start_reconciler_thread
 from worker.supervisor import JobSupervisor
 
 logger = logging.getLogger("loraq.worker")
 
 
-@celery_app.task(name=RUN_JOB_TASK, acks_late=True)
+@celery_app.task(name=RUN_JOB_TASK)
 def run_job(job_id: str) -> str:
     """Claim the job and supervise its training run; a second delivery of a claimed job does nothing."""
     return JobSupervisor(job_id, get_settings()).run()
+
+
+@worker_ready.connect
+def _start_reconciler(**_kwargs) -> None:
+    start_reconciler_thread(get_settings())

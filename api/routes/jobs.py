@@ -23,7 +23,7 @@ from api.schemas import (
 from loraq.base_models import find_model
 from loraq.storage import Storage
 from models import Checkpoint, FileRecord, FileStatus, Job, JobEvent, JobStatus, new_id, utcnow
-from worker.celery_app import RUN_JOB_TASK, celery_app
+from worker.celery_app import send_job
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 
@@ -58,14 +58,11 @@ def _add_event(session, job_id: str, message: str) -> None:
     session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, message=message))
 
 
-def enqueue_job(job_id: str, queue: str) -> None:
-    celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
-
-
 @router.post("", response_model=JobPublic)
 def create_job(body: JobCreate, session: SessionDep, principal: CurrentOwner, settings: SettingsDep):
     """Create a LoRA SFT job; it is queued once its row is committed."""
-    if find_model(settings, body.model) is None:
+    entry = find_model(settings, body.model)
+    if entry is None:
         raise APIError(
             400,
             f"Model '{body.model}' is not offered by this server; see GET /v1/models.",
@@ -87,13 +84,15 @@ def create_job(body: JobCreate, session: SessionDep, principal: CurrentOwner, se
         seed=DEFAULT_SEED if body.seed is None else body.seed,
         user_metadata=body.metadata,
         status=JobStatus.queued,
+        queue=entry.queue or settings.queue,
+        enqueued_at=utcnow(),
     )
     session.add(job)
     session.flush()
     _add_event(session, job.id, f"Created fine-tuning job: {job.id}")
     _add_event(session, job.id, "Validated training file" + (" and validation file" if job.validation_file else ""))
     _add_event(session, job.id, "Job queued")
-    after_commit(session, lambda: enqueue_job(job.id, settings.queue))
+    after_commit(session, lambda: send_job(job.id, job.queue))
     return JobPublic.of(job)
 
 

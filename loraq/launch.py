@@ -1,0 +1,26 @@
+"""The commands that start loraq's long-running processes, shared by `loraq up`, `loraq api` and
+`loraq worker`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def worker_command(queues: str, name: str = "worker") -> list[str]:
+    """One Celery worker process: solo pool, one job at a time (its training runs in a child process)."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
+        "--pool", "solo", "--concurrency", "1", "--queues", queues, "--hostname", f"{name}@%h",
+        "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+def api_command(host: str, port: int, workers: int = 1) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
+            "--workers", str(workers), "--no-access-log"]  # fmt: skip
+
+
+def spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    # Own session: Ctrl-C at the terminal reaches only the parent, which stops its children in order.
+    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -1,0 +1,146 @@
+"""The reconciler: repairs what the broker or a dead worker lost, from the database's point of view.
+
+It runs as a thread inside every worker process (so no extra service can be forgotten), and every
+repair is a conditional update, so any number of reconcilers can run at once:
+
+- a `running` job whose lease expired (its worker died) goes back to `queued` and is sent again, or
+  fails once it has used up its attempts;
+- a `queued` job that has waited longer than `requeue_after_seconds` and whose message is not in the
+  broker's queue (the broker was down at submit time, or Redis restarted without its data) is sent again.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from loraq.settings import Settings
+from models import Job, JobStatus, utcnow
+from models.session import session_scope
+from worker.celery_app import celery_app, send_job
+from worker.claims import add_event
+
+logger = logging.getLogger("loraq.reconciler")
+
+
+def job_ids_in_queue(queue: str) -> set[str]:
+    """Job ids of the messages waiting in a Redis queue."""
+    with celery_app.connection_for_read() as connection:
+        raw = connection.default_channel.client.lrange(queue, 0, -1)
+    ids = set()
+    for item in raw:
+        try:
+            message = json.loads(item)
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            ids.add(args[0])
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+    return ids
+
+
+class Reconciler:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.db = settings.resolved_database_url
+
+    def run_once(self) -> dict[str, list[str]]:
+        return {"requeued": self.requeue_lost_jobs(), "resent": self.resend_missing_messages()}
+
+    # ---------------------------------------------------------------- dead workers
+    def requeue_lost_jobs(self) -> list[str]:
+        now = utcnow()
+        with session_scope(self.db) as session:
+            lost = session.execute(
+                select(Job.id, Job.attempts, Job.lease_owner, Job.queue).where(
+                    Job.status == JobStatus.running, Job.lease_expires_at < now
+                )
+            ).all()
+        requeued = []
+        for job_id, attempts, owner, queue in lost:
+            if self._requeue_or_fail(job_id, attempts, owner, now):
+                send_job(job_id, queue)
+                requeued.append(job_id)
+        return requeued
+
+    def _requeue_or_fail(self, job_id: str, attempts: int, owner: str | None, now) -> bool:
+        expired = (Job.id == job_id, Job.status == JobStatus.running, Job.lease_expires_at < now)
+        with session_scope(self.db) as session:
+            if attempts >= self.settings.max_attempts:
+                message = (
+                    f"The job's worker stopped responding {attempts} time(s) (last: {owner}); "
+                    "giving up after the maximum number of attempts."
+                )
+                values = {
+                    "status": JobStatus.failed,
+                    "finished_at": now,
+                    "lease_expires_at": None,
+                    "error": {"code": "worker_lost", "message": message, "param": None},
+                }
+            else:
+                message = f"Worker {owner} stopped renewing its lease; job re-queued"
+                values = {"status": JobStatus.queued, "lease_owner": None, "lease_expires_at": None, "enqueued_at": now}
+            result = session.execute(
+                update(Job).where(*expired).values(**values).execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                return False  # someone else repaired it, or the worker renewed in time
+            add_event(session, job_id, message, level="warn" if values["status"] == JobStatus.queued else "error")
+            return values["status"] == JobStatus.queued
+
+    # ---------------------------------------------------------------- lost messages
+    def resend_missing_messages(self) -> list[str]:
+        now = utcnow()
+        cutoff = now - timedelta(seconds=self.settings.requeue_after_seconds)
+        with session_scope(self.db) as session:
+            stale = session.execute(
+                select(Job.id, Job.queue, Job.enqueued_at).where(
+                    Job.status == JobStatus.queued, Job.enqueued_at < cutoff
+                )
+            ).all()
+        if not stale:
+            return []
+        waiting: dict[str, set[str]] = {}
+        resent = []
+        for job_id, queue, enqueued_at in stale:
+            if queue not in waiting:
+                waiting[queue] = job_ids_in_queue(queue)
+            if job_id in waiting[queue]:
+                continue  # still waiting its turn behind other jobs
+            with session_scope(self.db) as session:
+                result = session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == JobStatus.queued, Job.enqueued_at == enqueued_at)
+                    .values(enqueued_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount != 1:
+                    continue
+                add_event(session, job_id, "Job message was missing from the broker; sent again")
+            send_job(job_id, queue)
+            resent.append(job_id)
+        return resent
+
+
+def start_reconciler_thread(settings: Settings) -> threading.Event:
+    """Run the reconciler every `reconcile_seconds` in a daemon thread; set the returned event to stop."""
+    stop = threading.Event()
+    reconciler = Reconciler(settings)
+
+    def loop() -> None:
+        while True:
+            try:
+                repaired = reconciler.run_once()
+                if any(repaired.values()):
+                    logger.info("reconciler: %s", repaired)
+            except Exception:
+                logger.exception("reconciler pass failed; retrying")
+            if stop.wait(settings.reconcile_seconds):
+                return
+
+    threading.Thread(target=loop, name="loraq-reconciler", daemon=True).start()
+    return stop
