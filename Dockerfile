@@ -18,15 +18,18 @@ COPY models ./models
 COPY migrations ./migrations
 COPY training ./training
 COPY loraq ./loraq
+# The project pins its dependency ranges in pyproject.toml; torch is pinned above.
+# hadolint ignore=DL3013
 RUN pip install ".[postgres]"
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 ENV PATH=/opt/loraq/bin:$PATH PYTHONUNBUFFERED=1 HF_HOME=/var/lib/loraq/hf-cache LORAQ_DATA_DIR=/var/lib/loraq
-RUN groupadd --system loraq && useradd --system --gid loraq --home-dir /var/lib/loraq loraq \
-    && mkdir -p /var/lib/loraq && chown loraq:loraq /var/lib/loraq
+RUN groupadd --system --gid 10001 loraq \
+    && useradd --system --uid 10001 --gid loraq --home-dir /var/lib/loraq loraq \
+    && mkdir -p /var/lib/loraq && chown 10001:10001 /var/lib/loraq
 COPY --from=build /opt/loraq /opt/loraq
 COPY --from=build /src/alembic.ini /opt/loraq/alembic.ini
-USER loraq
+USER 10001:10001
 WORKDIR /var/lib/loraq
 EXPOSE 8000
 CMD ["loraq", "api", "--host", "0.0.0.0", "--port", "8000"]

@@ -37,8 +37,9 @@ POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 60
 
 
-def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+def worker_identity(node: str | None = None) -> str:
+    """`<celery node>:<pid>`: which worker process holds a job's lease."""
+    return f"{node or socket.gethostname()}:{os.getpid()}"
 
 
 class ProgressTail:
@@ -96,12 +97,12 @@ def _job_files(job: Job) -> list[str]:
 
 
 class JobSupervisor:
-    def __init__(self, job_id: str, settings: Settings):
+    def __init__(self, job_id: str, settings: Settings, node: str | None = None):
         self.job_id = job_id
         self.settings = settings
         self.db = settings.resolved_database_url
         self.storage = Storage(settings.resolved_storage_root)
-        self.worker_id = worker_identity()
+        self.worker_id = worker_identity(node)
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> str:
@@ -122,7 +123,14 @@ class JobSupervisor:
                 )
                 add_event(session, self.job_id, f"Job failed: {exc}", level="error")
                 return "failed"
-            add_event(session, self.job_id, f"Fine-tuning job started (attempt {job.attempts}) on {self.worker_id}")
+            devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+            add_event(
+                session,
+                self.job_id,
+                f"Fine-tuning job started (attempt {job.attempts}) on {self.worker_id}"
+                + (f", GPU {devices}" if devices else ""),
+                data={"worker": self.worker_id, "attempt": job.attempts, "cuda_visible_devices": devices},
+            )
         logger.info("job %s: claimed by %s", self.job_id, self.worker_id)
         try:
             return self._train_and_record(config)

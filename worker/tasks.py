@@ -14,10 +14,10 @@ from worker.supervisor import JobSupervisor
 logger = logging.getLogger("loraq.worker")
 
 
-@celery_app.task(name=RUN_JOB_TASK)
-def run_job(job_id: str) -> str:
+@celery_app.task(name=RUN_JOB_TASK, bind=True)
+def run_job(self, job_id: str) -> str:
     """Claim the job and supervise its training run; a second delivery of a claimed job does nothing."""
-    return JobSupervisor(job_id, get_settings()).run()
+    return JobSupervisor(job_id, get_settings(), node=self.request.hostname).run()
 
 
 @worker_ready.connect

@@ -1,0 +1,75 @@
+"""The production shape with several workers: PostgreSQL, redis-server, the API and two worker processes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.deployments import loraq, production
+from tests.e2e.calls import create_job, events, upload_ok, wait_for, wait_for_event
+from tests.facts import chat_rows
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    deployment = production(tmp_path_factory.mktemp("fleet"), {}, workers=2)
+    yield deployment
+    deployment.stop()
+
+
+def _start_events(client, job_id):
+    return [e for e in events(client, job_id) if e["message"].startswith("Fine-tuning job started")]
+
+
+def test_six_jobs_on_two_workers_each_trained_once(fleet):
+    with fleet.client() as client:
+        file_id = upload_ok(client, chat_rows())
+        jobs = [
+            create_job(
+                client, file_id, hyperparameters={"n_epochs": 3, "gradient_accumulation_steps": 1, "logging_steps": 4}
+            ).json()
+            for _ in range(6)
+        ]
+        finished = [wait_for(client, job["id"], timeout=300) for job in jobs]
+        assert [job["status"] for job in finished] == ["succeeded"] * 6
+        workers = set()
+        for job in finished:
+            starts = _start_events(client, job["id"])
+            assert len(starts) == 1, starts  # trained exactly once
+            trained = [e for e in events(client, job["id"]) if e["message"].startswith("Training started")]
+            assert len(trained) == 1
+            workers.add(starts[0]["data"]["worker"].split("@")[0])
+            assert job["completed_steps"] == job["total_steps"] == 8 * 3
+        assert workers == {"w1", "w2"}, "both workers took work"
+
+
+def test_worker_per_gpu_sees_only_its_device(fleet):
+    fleet.stop_process("worker1")
+    fleet.stop_process("worker2")
+    fleet.start_process("gpu-fleet", loraq("worker", "--gpus", "0,1", "--name", "box"))
+    with fleet.client() as client:
+        file_id = upload_ok(client, chat_rows())
+        long = {"n_epochs": 200, "gradient_accumulation_steps": 1, "logging_steps": 5}
+        jobs = [create_job(client, file_id, hyperparameters=long).json() for _ in range(2)]
+        for job in jobs:  # both run at once: one per GPU worker
+            wait_for_event(client, job["id"], "metrics", timeout=120)
+        starts = [_start_events(client, job["id"])[0]["data"] for job in jobs]
+        assert sorted(s["cuda_visible_devices"] for s in starts) == ["0", "1"]
+        for start in starts:
+            node = re.match(r"box-gpu(\d)@", start["worker"])
+            assert node and node.group(1) == start["cuda_visible_devices"]
+        for job in jobs:
+            client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+    fleet.stop_process("gpu-fleet")
+
+
+def test_metrics_report_jobs_queues_workers_and_uploads(fleet):
+    with fleet.client() as client:
+        text = client.get("/metrics").text
+    assert 'loraq_jobs{status="succeeded"} 6.0' in text
+    assert 'loraq_queue_depth{queue="loraq"}' in text
+    assert "loraq_upload_bytes_total" in text
+    assert "# TYPE loraq_running_jobs gauge" in text and "# TYPE loraq_training_tokens_per_second gauge" in text
