@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import logging
+from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 
+from api.auth import PrincipalCache
 from api.errors import install_error_handlers
+from api.job_reads import JobReader
 from api.routes import files, health, jobs, metrics, models
 from loraq import __version__
 from loraq.settings import Settings, get_settings
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    # Few threads, each with a pooled connection: more only adds GIL and database contention.
+    settings = app.state.settings
+    anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
+    app.state.job_reader = JobReader(settings.resolved_database_url, settings.api_threads)
+    await app.state.job_reader.open()
+    try:
+        yield
+    finally:
+        await app.state.job_reader.close()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="loraq", version=__version__, description="OpenAI-compatible LoRA fine-tuning service")
+    app = FastAPI(
+        title="loraq", version=__version__, description="OpenAI-compatible LoRA fine-tuning service", lifespan=lifespan
+    )
     app.state.settings = settings or get_settings()
+    app.state.principal_cache = PrincipalCache()
     install_error_handlers(app)
     for module in (health, metrics, files, jobs, models):
         app.include_router(module.router)

@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select, true
 from sqlalchemy.orm import Session
 
-from api.auth import Principal, authenticate
+from api.auth import Principal, PrincipalCache, authenticate
 from api.errors import APIError, not_found
 from loraq.settings import Settings
 from models import FileRecord, Job
@@ -24,7 +25,7 @@ from models.session import session_scope
 logger = logging.getLogger("loraq.api")
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -49,21 +50,32 @@ def after_commit(session: Session, action: Callable[[], None]) -> None:
     session.info["after_commit"].append(action)
 
 
-def get_principal(request: Request, session: SessionDep) -> Principal:
+def _lookup_principal(database_url: str, key: str) -> Principal | None:
+    with session_scope(database_url) as session:
+        return authenticate(session, key)
+
+
+async def get_principal(request: Request) -> Principal:
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
         raise APIError(
             401,
             "Missing API key: send 'Authorization: Bearer <key>'.",
             code="missing_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = authenticate(session, key.strip())
+    cache: PrincipalCache = request.app.state.principal_cache
+    principal = cache.get(key)
     if principal is None:
-        raise APIError(
-            401, "Incorrect API key provided.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
-        )
+        database_url = request.app.state.settings.resolved_database_url
+        principal = await run_in_threadpool(_lookup_principal, database_url, key)
+        if principal is None:
+            raise APIError(
+                401, "Incorrect API key provided.", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}
+            )
+        cache.put(key, principal)
     return principal
 
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Select, select
+from sqlalchemy import Connection, Select, select
 from sqlalchemy.orm import Session
 
 from api.errors import APIError
 
 
-def page_after(session: Session, query: Select, model, after: str | None, limit: int, descending: bool = True):
-    """Rows of `query` following the row with id `after`, ordered by insertion; returns (rows, has_more)."""
+def page_after(db: Session | Connection, query: Select, model, after: str | None, limit: int, descending=True):
+    """Rows of `query` following the row with id `after`, ordered by insertion; returns (rows, has_more).
+
+    With a Session, an ORM query gives model objects; with a Connection, a Core query gives rows.
+    """
     if after is not None:
-        cursor = session.scalars(select(model.seq).where(model.id == after)).first()
+        cursor = db.execute(select(model.seq).where(model.id == after)).scalar()
         if cursor is None:
             raise APIError(400, f"Unknown cursor '{after}'.", param="after", code="invalid_cursor")
         query = query.where(model.seq < cursor if descending else model.seq > cursor)
     query = query.order_by(model.seq.desc() if descending else model.seq.asc()).limit(limit + 1)
-    rows = list(session.scalars(query))
+    result = db.execute(query)
+    rows = list(result.scalars() if isinstance(db, Session) else result)
     return rows[:limit], len(rows) > limit

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     requeue_after_seconds: float = Field(
         120, gt=0, description="A queued job absent from the broker this long is sent again"
     )
+    api_threads: int = Field(
+        8, ge=1, le=256, description="Worker threads per API process for database calls (and pool size)"
+    )
     bootstrap_api_key: str | None = Field(None, description="API key created at start-up (embedded mode)")
 
     @model_validator(mode="after")

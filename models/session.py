@@ -5,13 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+
+def ensure_sqlite_folder(url: str) -> None:
+    """SQLite creates the database file but not its folder."""
+    made = make_url(url)
+    if made.get_backend_name() == "sqlite" and made.database and made.database != ":memory:":
+        Path(made.database).parent.mkdir(parents=True, exist_ok=True)
 
 
 @lru_cache
 def get_engine(url: str) -> Engine:
+    ensure_sqlite_folder(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -25,7 +34,23 @@ def get_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # No pre-ping round trip per checkout: connections are recycled instead, and a dropped one fails a
+    # single request, which the client retries.
+    return create_engine(url, pool_recycle=300, pool_size=20, max_overflow=20)
+
+
+@lru_cache
+def get_read_engine(url: str) -> Engine:
+    """A second pool whose connections stay in autocommit mode, for the hot single-statement reads:
+    no BEGIN/ROLLBACK round trips, and no isolation-level switching per checkout."""
+    ensure_sqlite_folder(url)
+    if url.startswith("sqlite"):
+        return get_engine(url)  # SQLite reads are local; one pool keeps the WAL settings in one place
+    return create_engine(url, isolation_level="AUTOCOMMIT", pool_recycle=300, pool_size=20, max_overflow=20)
+
+
+def read_connection(url: str):
+    return get_read_engine(url).connect()
 
 
 @lru_cache

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from sqlalchemy import select, update
 
@@ -97,16 +97,17 @@ def create_job(body: JobCreate, session: SessionDep, principal: CurrentOwner, se
 
 
 @router.get("", response_model=JobsPublic)
-def list_jobs(session: SessionDep, principal: CurrentOwner, after: Cursor = None, limit: Limit = 20):
+async def list_jobs(request: Request, principal: CurrentOwner, after: Cursor = None, limit: Limit = 20):
     """Your jobs, newest first."""
-    rows, has_more = page_after(session, select(Job).where(visible_to(principal, Job)), Job, after, limit)
-    return JobsPublic(data=[JobPublic.of(j) for j in rows], has_more=has_more)
+    body = await request.app.state.job_reader.jobs(principal, after, limit)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def retrieve_job(job: JobDep):
+async def retrieve_job(request: Request, job_id: Annotated[str, Path(max_length=64)], principal: CurrentOwner):
     """One job: status, progress, the fine-tuned model name and any error."""
-    return JobPublic.of(job)
+    body = await request.app.state.job_reader.job(principal, job_id)
+    return Response(body, media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
