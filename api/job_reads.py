@@ -2,13 +2,18 @@
 
 Clients poll job status in tight loops, so these two reads skip the ORM unit of work and FastAPI's
 response re-validation. On PostgreSQL they run on the event loop through an async psycopg pool in
-autocommit mode (one round trip, no worker thread); on SQLite (the embedded mode) they run the same
-Core query in a worker thread. The SQL is compiled once from the SQLAlchemy table, so the schema still
-has a single definition.
+autocommit mode (one round trip, no worker thread), and a job's serialised form is kept in memory until
+the database says the row changed: a trigger on `jobs` (migration 0003) sends a NOTIFY on every insert
+or update, delivered at commit, and each API process LISTENs and evicts. While the listening connection
+is down nothing is cached. On SQLite (the embedded mode, one machine) the same Core query runs in a
+worker thread, uncached. The SQL is compiled once from the SQLAlchemy table, so the schema still has a
+single definition.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,7 +29,42 @@ from api.schemas import JobPublic, JobsPublic
 from models import Job, JobStatus
 from models.session import read_connection
 
+logger = logging.getLogger("loraq.api")
+
 _JOBS = Job.__table__
+NOTIFY_CHANNEL = "loraq_jobs"  # the trigger of migration 0003 notifies here with the job id
+
+
+class JobCache:
+    """Serialised jobs by id, valid while the change listener runs.
+
+    A read records the generation before it queries; its result is stored only if no notification
+    arrived meanwhile, so a row read just before a change can never outlive that change's eviction.
+    """
+
+    def __init__(self, max_entries: int = 10_000):
+        self.max_entries = max_entries
+        self.entries: dict[str, tuple[str, bytes]] = {}
+        self.generation = 0
+        self.active = False
+
+    def get(self, job_id: str) -> tuple[str, bytes] | None:
+        return self.entries.get(job_id) if self.active else None
+
+    def put(self, job_id: str, owner: str, body: bytes, generation: int) -> None:
+        if self.active and generation == self.generation:
+            if len(self.entries) >= self.max_entries:
+                self.entries.clear()
+            self.entries[job_id] = (owner, body)
+
+    def evict(self, job_id: str) -> None:
+        self.generation += 1
+        self.entries.pop(job_id, None)
+
+    def reset(self, active: bool) -> None:
+        self.generation += 1
+        self.entries.clear()
+        self.active = active
 
 
 def _compile(statement) -> str:
@@ -39,12 +79,15 @@ class JobReader:
     def __init__(self, database_url: str, pool_size: int):
         self.database_url = database_url
         self.pool = None
+        self.cache = JobCache()
+        self._listener: asyncio.Task | None = None
         url = make_url(database_url)
         if url.get_backend_name() == "postgresql":
             from psycopg.rows import dict_row
             from psycopg_pool import AsyncConnectionPool
 
             conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self.conninfo = conninfo
             self.pool = AsyncConnectionPool(
                 conninfo, min_size=1, max_size=pool_size, open=False,
                 kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": 0},
@@ -65,19 +108,51 @@ class JobReader:
     async def open(self) -> None:
         if self.pool is not None:
             await self.pool.open()
+            self._listener = asyncio.create_task(self._listen())
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
         if self.pool is not None:
             await self.pool.close()
+
+    async def _listen(self) -> None:
+        """Evict jobs as the database reports changes; reconnect (caching nothing meanwhile) on errors."""
+        import psycopg
+
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as connection:
+                    await connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.cache.reset(active=True)
+                    async for notification in connection.notifies():
+                        self.cache.evict(notification.payload)
+            except asyncio.CancelledError:
+                self.cache.reset(active=False)
+                raise
+            except Exception:
+                logger.warning("job change listener lost its connection; caching paused", exc_info=True)
+            self.cache.reset(active=False)
+            await asyncio.sleep(1.0)
 
     # ---------------------------------------------------------------- public reads
     async def job(self, principal: Principal, job_id: str) -> bytes:
         if self.pool is None:
             return await run_in_threadpool(self._job_sync, principal, job_id)
+        cached = self.cache.get(job_id)
+        if cached is not None:
+            owner, body = cached
+            if principal.is_admin or owner == principal.owner:
+                return body
+            raise not_found("fine-tuning job", job_id)
+        generation = self.cache.generation
         rows = await self._fetch(principal, "by_id", job_id=job_id)
         if not rows:
             raise not_found("fine-tuning job", job_id)
-        return JobPublic.of(_as_job(rows[0])).model_dump_json().encode()
+        owner = rows[0]["owner"]
+        body = JobPublic.of(_as_job(rows[0])).model_dump_json().encode()
+        self.cache.put(job_id, owner, body, generation)
+        return body
 
     async def jobs(self, principal: Principal, after: str | None, limit: int) -> bytes:
         if self.pool is None:

@@ -6,5 +6,5 @@ app = FastAPI()
 
 
 @app.get("/constant")
-def constant():
+async def constant():  # async: no worker-thread hop, the fastest FastAPI endpoint there is
     return {"object": "constant", "value": 42}

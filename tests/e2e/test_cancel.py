@@ -55,3 +55,22 @@ def test_cancelling_a_finished_job_is_a_400(client):
     assert wait_for(client, job["id"])["status"] == "succeeded"
     response = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
     assert response.status_code == 400 and response.json()["error"]["code"] == "job_finished"
+
+
+def test_pollers_see_a_change_at_once_and_never_go_back(service):
+    """On PostgreSQL polled jobs are cached per API process and evicted by database notifications."""
+    with service.client() as client:
+        file_id = upload_ok(client, chat_rows()[:1])
+        for _ in range(5):
+            job = create_job(client, file_id, hyperparameters={"n_epochs": 1}).json()
+            for _ in range(20):  # warm every API process's cache with the queued (or running) job
+                assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] in ("queued", "running")
+            assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+            seen = []
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                with service.client() as fresh:  # a new connection may land on another API process
+                    seen.append(fresh.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"])
+            assert seen[-1] == "cancelled" and seen.count("cancelled") >= len(seen) - 2, seen
+            first = seen.index("cancelled")
+            assert set(seen[first:]) == {"cancelled"}, seen
