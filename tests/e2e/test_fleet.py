@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import time
 
 import pytest
 
@@ -13,9 +15,16 @@ from tests.facts import chat_rows
 pytestmark = pytest.mark.e2e
 
 
+ROUTED_MODEL = "tiny-on-special-gpus"
+
+
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    deployment = production(tmp_path_factory.mktemp("fleet"), {}, workers=2)
+def fleet(tmp_path_factory, operator_models):
+    # The operator routes one base model to the `special` queue (a class of GPUs).
+    models = json.loads(operator_models["LORAQ_BASE_MODELS"])
+    source = next(iter(models.values()))["source"]
+    env = {"LORAQ_BASE_MODELS": json.dumps({ROUTED_MODEL: {"source": source, "queue": "special"}})}
+    deployment = production(tmp_path_factory.mktemp("fleet"), env, workers=2)
     yield deployment
     deployment.stop()
 
@@ -26,13 +35,9 @@ def _start_events(client, job_id):
 
 def test_six_jobs_on_two_workers_each_trained_once(fleet):
     with fleet.client() as client:
-        file_id = upload_ok(client, chat_rows())
-        jobs = [
-            create_job(
-                client, file_id, hyperparameters={"n_epochs": 3, "gradient_accumulation_steps": 1, "logging_steps": 4}
-            ).json()
-            for _ in range(6)
-        ]
+        file_id = upload_ok(client, chat_rows()[:4])
+        short = {"n_epochs": 2, "gradient_accumulation_steps": 1, "logging_steps": 4}
+        jobs = [create_job(client, file_id, hyperparameters=short).json() for _ in range(6)]
         finished = [wait_for(client, job["id"], timeout=300) for job in jobs]
         assert [job["status"] for job in finished] == ["succeeded"] * 6
         workers = set()
@@ -42,7 +47,7 @@ def test_six_jobs_on_two_workers_each_trained_once(fleet):
             trained = [e for e in events(client, job["id"]) if e["message"].startswith("Training started")]
             assert len(trained) == 1
             workers.add(starts[0]["data"]["worker"].split("@")[0])
-            assert job["completed_steps"] == job["total_steps"] == 8 * 3
+            assert job["completed_steps"] == job["total_steps"] == 4 * 2
         assert workers == {"w1", "w2"}, "both workers took work"
 
 
@@ -73,3 +78,30 @@ def test_metrics_report_jobs_queues_workers_and_uploads(fleet):
     assert 'loraq_queue_depth{queue="loraq"}' in text
     assert "loraq_upload_bytes_total" in text
     assert "# TYPE loraq_running_jobs gauge" in text and "# TYPE loraq_training_tokens_per_second gauge" in text
+
+
+def test_jobs_routed_to_a_named_queue_wait_for_its_workers(fleet):
+    with fleet.client() as client:
+        file_id = upload_ok(client, chat_rows()[:2])
+        job = create_job(client, file_id, model=ROUTED_MODEL, hyperparameters={"n_epochs": 1}).json()
+        time.sleep(3)  # the default-queue workers (if any run) must leave it alone
+        assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "queued"
+        fleet.start_process("special", loraq("worker", "--queues", "special", "--name", "special"))
+        try:
+            assert wait_for(client, job["id"])["status"] == "succeeded"
+            assert _start_events(client, job["id"])[0]["data"]["worker"].startswith("special@")
+        finally:
+            fleet.stop_process("special")
+
+
+def test_readyz_reports_a_broker_outage(fleet):
+    with fleet.client() as client:
+        assert client.get("/readyz").json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+        fleet.redis.stop()
+        try:
+            response = client.get("/readyz")
+            assert response.status_code == 503 and response.json()["checks"]["broker"].startswith("error")
+            assert client.get("/healthz").status_code == 200
+        finally:
+            fleet.redis.start()
+        assert client.get("/readyz").status_code == 200
