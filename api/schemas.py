@@ -88,6 +88,9 @@ class JobCreate(BaseModel):
     suffix: str | None = Field(None, description="Up to 64 characters of A-Z a-z 0-9 . _ -")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
+    max_runtime_seconds: int | None = Field(
+        None, ge=1, le=60 * 86400, description="Stop the job (after a final checkpoint) once it has run this long"
+    )
     integrations: list[Any] | None = Field(None, max_length=0, description="Not supported; must be empty")
 
     @field_validator("suffix")

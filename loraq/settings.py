@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest accepted upload")
     lease_seconds: int = Field(60, ge=2, description="How long a worker's claim on a job lasts unrenewed")
+    max_job_seconds: int | None = Field(
+        None, ge=1, description="Server-wide limit on a job's run time (from its first start); none by default"
+    )
     max_attempts: int = Field(3, ge=1, description="Runs of a job (after lost workers or crashes) before it fails")
     reconcile_seconds: float = Field(30, gt=0, description="How often each worker repairs lost or stuck jobs")
     requeue_after_seconds: float = Field(

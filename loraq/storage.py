@@ -128,6 +128,27 @@ def build_archive(folder: Path, destination: Path, arcname: str) -> tuple[str, i
     return sha256_of(destination), destination.stat().st_size
 
 
+class ChecksumVerifier:
+    """Checks a stored file against its recorded sha256 before it is served, once per version of the file
+    (path, size, modification time), so a corrupted or half-replaced file is never sent."""
+
+    def __init__(self):
+        self._verified: set[tuple[str, int, int, str]] = set()
+
+    def verify(self, path: Path, sha256: str) -> bool:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return False
+        key = (str(path), stat.st_size, stat.st_mtime_ns, sha256)
+        if key in self._verified:
+            return True
+        if sha256_of(path) != sha256:
+            return False
+        self._verified.add(key)
+        return True
+
+
 def read_tail(path: Path, limit: int = 4000) -> str:
     """The last `limit` bytes of a log file as text (for failure reasons)."""
     try:

@@ -88,6 +88,7 @@ class TrainingConfig(BaseModel):
     progress_path: str | None = Field(None, description="JSONL file the run appends progress records to")
     stop_path: str | None = Field(None, description="If this file appears, training stops at the next step")
     seed: int = Field(42, description="Random seed")
+    resume_from: str | None = Field(None, description="A complete checkpoint folder to continue from")
     max_train_seconds: float | None = Field(
         None, gt=0, description="Stop training after this long and save the adapter learned so far"
     )

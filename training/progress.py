@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from training.checkpoints import mark_complete
 
 logger = logging.getLogger("loraq.training")
 
@@ -56,6 +59,7 @@ class ProgressCallback(TrainerCallback):
         self.stop_path = Path(stop_path) if stop_path else None
         self.max_seconds = max_seconds
         self.stopped_early = False
+        self.stop_reason: str | None = None
         self.time_limited = False
         self._started = time.monotonic()
         self.last_metrics: dict = {}
@@ -68,9 +72,12 @@ class ProgressCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stop_path is not None and self.stop_path.exists():
+            # The supervisor writes why: `cancel` stops at once; `handoff` (the worker is shutting down)
+            # and `deadline` (the run-time limit) save a checkpoint first, so the work is kept.
+            self.stop_reason = self.stop_path.read_text().strip() or "cancel"
             self.stopped_early = True
             control.should_training_stop = True
-            control.should_save = False
+            control.should_save = self.stop_reason != "cancel"
         elif self.max_seconds is not None and time.monotonic() - self._started >= self.max_seconds:
             self.time_limited = True
             control.should_training_stop = True
@@ -106,5 +113,18 @@ class ProgressCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        _fault_injection_point("checkpoint", state.global_step)
+        mark_complete(folder, state.global_step)
         metrics = dict(self.last_metrics, step=state.global_step)
         self.writer.write("checkpoint", step=state.global_step, path=str(folder), metrics=metrics)
+
+
+def _fault_injection_point(where: str, step: int) -> None:
+    """For the fault-injection tests: with LORAQ_FAULT_KILL_AT=checkpoint:<step>:<flag file>, and while
+    the flag file exists, the process deletes the flag and kills itself with SIGKILL after checkpoint
+    <step>'s files are written and before the checkpoint is marked complete. Unset in normal operation."""
+    spec = os.environ.get("LORAQ_FAULT_KILL_AT", "")
+    point, _, flag = spec.rpartition(":")
+    if point == f"{where}:{step}" and flag and Path(flag).exists():
+        Path(flag).unlink()
+        os.kill(os.getpid(), signal.SIGKILL)

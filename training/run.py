@@ -11,6 +11,7 @@ under a temporary name and renamed into place with a `loraq.json` beside the wei
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import platform
@@ -180,7 +181,7 @@ def train(config: TrainingConfig) -> dict:
     model_path = resolve_base_model(config)
     trainer = build_trainer(config, model_path, callback)
     started = time.monotonic()
-    output = trainer.train()
+    output = trainer.train(resume_from_checkpoint=config.resume_from)
     state = trainer.state
     summary = {
         "steps": state.global_step,
@@ -192,15 +193,27 @@ def train(config: TrainingConfig) -> dict:
         **{k: v for k, v in callback.last_metrics.items() if k.startswith(("valid_", "train_mean"))},
     }
     if callback.stopped_early:
-        writer.write("stopped", **summary)
-        return {"type": "stopped", **summary}
+        writer.write("stopped", reason=callback.stop_reason, **summary)
+        return {"type": "stopped", "reason": callback.stop_reason, **summary}
     folder = save_adapter(trainer, config, summary)
     writer.write("completed", adapter_dir=str(folder), **summary)
     return {"type": "completed", "adapter_dir": str(folder), **summary}
 
 
+# Errors of the filesystem under shared storage (full, read-only, not permitted, a folder turned into a file).
+STORAGE_ERRNOS = {
+    errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EIO
+}  # fmt: skip
+
+
 def describe_failure(exc: BaseException) -> dict:
     """A reason a user can act on; out-of-memory names the knobs to lower."""
+    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+        return {
+            "code": "storage_error",
+            "message": f"Writing to shared storage failed: {exc}. "
+            "No adapter was published; the operator must free or repair the storage, then resubmit.",
+        }
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return {
             "code": "out_of_memory",

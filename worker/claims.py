@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from models import Checkpoint, Job, JobEvent, JobStatus, new_id, utcnow
@@ -34,6 +34,7 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: int)
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             attempts=Job.attempts + 1,
             started_at=now,
+            first_started_at=func.coalesce(Job.first_started_at, now),
         )
         .execution_options(synchronize_session=False)
     )
@@ -77,13 +78,15 @@ def record_metrics(session: Session, job_id: str, worker_id: str, record: dict[s
         job.estimated_finish = now + per_step * max(total - step, 0)
 
 
-def record_checkpoint(session: Session, job_id: str, record: dict[str, Any], storage_key: str) -> None:
+def record_checkpoint(
+    session: Session, job_id: str, record: dict[str, Any], storage_key: str, attempt: int | None = None
+) -> None:
     step = record["step"]
     metrics = {k: v for k, v in record.get("metrics", {}).items() if v is not None}
     session.add(
         Checkpoint(id=new_id("ftckpt"), job_id=job_id, step_number=step, metrics=metrics, storage_key=storage_key)
     )
-    add_event(session, job_id, f"Checkpoint created at step {step}", data={"step": step})
+    add_event(session, job_id, f"Checkpoint created at step {step}", data={"step": step, "attempt": attempt})
 
 
 def finish_job(session: Session, job_id: str, worker_id: str, status: JobStatus, **values: Any) -> bool:
@@ -102,3 +105,22 @@ def finish_job(session: Session, job_id: str, worker_id: str, status: JobStatus,
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
+
+
+def release_job(session: Session, job_id: str, worker_id: str) -> Job | None:
+    """Give a running job of ours back to the queue (a handoff or a retry); None if it is not ours."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == worker_id, Job.status == JobStatus.running)
+        .values(
+            status=JobStatus.queued,
+            lease_owner=None,
+            lease_expires_at=None,
+            enqueued_at=utcnow(),
+            tokens_per_second=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        return None
+    return session.scalars(select(Job).where(Job.id == job_id)).one()

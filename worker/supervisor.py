@@ -16,8 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,20 @@ from sqlalchemy import select
 from loraq.base_models import find_model
 from loraq.settings import Settings
 from loraq.storage import Storage, build_archive, read_tail
-from models import FileRecord, Job, JobStatus
+from models import Checkpoint, FileRecord, Job, JobStatus, utcnow
 from models.session import session_scope
+from training.checkpoints import is_complete, newest_complete, remove_incomplete, step_of
 from training.config import Hyperparameters, TrainingConfig
-from worker.claims import add_event, claim_job, finish_job, record_checkpoint, record_metrics, renew_lease
+from worker.celery_app import send_job
+from worker.claims import (
+    add_event,
+    claim_job,
+    finish_job,
+    record_checkpoint,
+    record_metrics,
+    release_job,
+    renew_lease,
+)
 
 logger = logging.getLogger("loraq.worker")
 
@@ -65,6 +77,11 @@ class ProgressTail:
 class RunOutcome:
     final: dict[str, Any] | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
+    stop_requested: str | None = None
+
+
+# Set when Celery begins a warm shutdown (SIGTERM): the running job checkpoints and goes back to the queue.
+SHUTTING_DOWN = threading.Event()
 
 
 def build_training_config(job: Job, settings: Settings, storage: Storage, session) -> TrainingConfig:
@@ -103,6 +120,8 @@ class JobSupervisor:
         self.db = settings.resolved_database_url
         self.storage = Storage(settings.resolved_storage_root)
         self.worker_id = worker_identity(node)
+        self.deadline: datetime | None = None
+        self.attempt = 0
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> str:
@@ -111,33 +130,65 @@ class JobSupervisor:
             if job is None:
                 logger.info("job %s: not claimable (taken, finished or cancelled); skipping", self.job_id)
                 return "skipped"
+            self.attempt = job.attempts
+            self.deadline = self._deadline(job)
             try:
                 config = build_training_config(job, self.settings, self.storage, session)
             except LookupError as exc:
-                finish_job(
-                    session,
-                    self.job_id,
-                    self.worker_id,
-                    JobStatus.failed,
-                    error=_error("model_not_found", exc),
-                )
-                add_event(session, self.job_id, f"Job failed: {exc}", level="error")
+                self._finish_failed(session, "model_not_found", str(exc))
                 return "failed"
+            config.resume_from = self._resume_point()
+            self._record_unreported_checkpoints(session, job.attempts - 1)
             devices = os.environ.get("CUDA_VISIBLE_DEVICES")
             add_event(
-                session,
-                self.job_id,
+                session, self.job_id,
                 f"Fine-tuning job started (attempt {job.attempts}) on {self.worker_id}"
                 + (f", GPU {devices}" if devices else ""),
                 data={"worker": self.worker_id, "attempt": job.attempts, "cuda_visible_devices": devices},
-            )
-        logger.info("job %s: claimed by %s", self.job_id, self.worker_id)
+            )  # fmt: skip
+            if config.resume_from:
+                step = step_of(Path(config.resume_from))
+                add_event(
+                    session,
+                    self.job_id,
+                    f"Resuming from the checkpoint at step {step}",
+                    data={"resumed_from_step": step, "attempt": job.attempts},
+                )
+        logger.info("job %s: claimed by %s (attempt %s)", self.job_id, self.worker_id, self.attempt)
         try:
             return self._train_and_record(config)
+        except OSError as exc:
+            logger.exception("job %s: storage error", self.job_id)
+            self._fail("storage_error", f"Writing to shared storage failed: {exc}. No adapter was published.")
+            return "failed"
         except Exception as exc:  # our own crash: the job must not hang in `running`
             logger.exception("job %s: supervisor error", self.job_id)
             self._fail("internal_error", f"The worker failed while running the job: {type(exc).__name__}: {exc}")
             return "failed"
+
+    def _deadline(self, job: Job) -> datetime | None:
+        limits = [x for x in (self.settings.max_job_seconds, job.max_runtime_seconds) if x]
+        if not limits or job.first_started_at is None:
+            return None
+        return job.first_started_at + timedelta(seconds=min(limits))
+
+    def _resume_point(self) -> str | None:
+        """The newest complete checkpoint of an earlier attempt; half-written ones are deleted."""
+        checkpoints = self.storage.checkpoints_dir(self.job_id)
+        for folder in remove_incomplete(checkpoints):
+            logger.warning("job %s: removed incomplete checkpoint %s", self.job_id, folder.name)
+        newest = newest_complete(checkpoints)
+        return str(newest) if newest else None
+
+    def _record_unreported_checkpoints(self, session, previous_attempt: int) -> None:
+        """A worker that died may have completed a checkpoint without recording it; storage is the truth."""
+        recorded = set(session.scalars(select(Checkpoint.step_number).where(Checkpoint.job_id == self.job_id)))
+        folder = self.storage.checkpoints_dir(self.job_id)
+        complete = [p for p in folder.iterdir() if is_complete(p)] if folder.is_dir() else []
+        for path in sorted(complete, key=step_of):
+            if step_of(path) not in recorded:
+                record = {"step": step_of(path), "metrics": {}}
+                record_checkpoint(session, self.job_id, record, self.storage.relative(path), attempt=previous_attempt)
 
     # ------------------------------------------------------------------ child process
     def _train_and_record(self, config: TrainingConfig) -> str:
@@ -172,18 +223,32 @@ class JobSupervisor:
                 if exited:
                     return outcome
                 renew_due = time.monotonic() - last_renew >= renew_every
-                if stop_asked_at is None and not self._still_ours(renew=renew_due):
-                    stop_path.touch()
-                    stop_asked_at = time.monotonic()
-                    logger.info("job %s: cancelled or no longer ours; stopping the child", self.job_id)
+                if stop_asked_at is None:
+                    reason = self._stop_reason(renew_due)
+                    if reason:
+                        _request_stop(stop_path, reason)
+                        stop_asked_at = time.monotonic()
+                        outcome.stop_requested = reason
+                        logger.info("job %s: asked the training process to stop (%s)", self.job_id, reason)
                 if renew_due:
                     last_renew = time.monotonic()
+                    if stop_asked_at is not None:
+                        self._still_ours(renew=True)  # keep the lease while the child checkpoints
                 if stop_asked_at is not None and time.monotonic() - stop_asked_at > STOP_GRACE_SECONDS:
                     _kill(child)
                 time.sleep(POLL_SECONDS)
         except BaseException:
             _kill(child)
             raise
+
+    def _stop_reason(self, renew_due: bool) -> str | None:
+        if not self._still_ours(renew=renew_due):
+            return "cancel"
+        if SHUTTING_DOWN.is_set():
+            return "handoff"
+        if self.deadline is not None and utcnow() >= self.deadline:
+            return "deadline"
+        return None
 
     def _still_ours(self, renew: bool) -> bool:
         """False once the job is cancelled or claimed by someone else; renews the lease when asked."""
@@ -205,7 +270,7 @@ class JobSupervisor:
                     record_metrics(session, self.job_id, self.worker_id, record)
                 elif kind == "checkpoint":
                     key = self.storage.relative(Path(record["path"]))
-                    record_checkpoint(session, self.job_id, record, key)
+                    record_checkpoint(session, self.job_id, record, key, attempt=self.attempt)
                 elif kind == "evaluation":
                     loss = record.get("eval_loss")
                     data = {k: v for k, v in record.items() if k not in ("type", "time")}
@@ -232,18 +297,60 @@ class JobSupervisor:
         final = outcome.final or {}
         if final.get("type") == "completed" and returncode == 0:
             return self._succeed(final)
+        if final.get("type") == "stopped":
+            reason = final.get("reason")
+            if reason == "handoff":
+                return self._hand_back(
+                    f"Worker {self.worker_id} is shutting down: checkpointed at step {final.get('steps')} and re-queued"
+                )
+            if reason == "deadline":
+                limit = int((self.deadline - self._first_started()).total_seconds()) if self.deadline else 0
+                self._fail(
+                    "time_limit_exceeded",
+                    f"The job ran past its {limit}-second run-time limit; "
+                    f"stopped at step {final.get('steps')} after a final checkpoint.",
+                )
+                return "failed"
         with session_scope(self.db) as session:
             job = session.scalars(select(Job).where(Job.id == self.job_id)).one()
             if job.status == JobStatus.cancelled or job.cancel_requested:
                 step = final.get("steps", job.completed_steps)
                 add_event(session, self.job_id, f"Training stopped at step {step} after cancellation")
                 return "cancelled"
+            if job.lease_owner != self.worker_id or job.status != JobStatus.running:
+                return "lost"  # the reconciler gave the job to another worker; nothing of ours to record
         if final.get("type") == "failed":
             self._fail(final.get("code", "training_error"), final.get("message", "training failed"))
-        else:
-            reason = _exit_reason(returncode)
-            self._fail("training_crashed", f"The training process {reason}. Log tail: {read_tail(log_path, 600)}")
+            return "failed"
+        reason = _exit_reason(returncode)
+        if returncode < 0 and self.attempt < self.settings.max_attempts:
+            # Killed from outside (the kernel's OOM killer, an operator): worth another attempt, which
+            # resumes from the last complete checkpoint.
+            return self._hand_back(
+                f"The training process {reason}; retrying from the last checkpoint "
+                f"(attempt {self.attempt + 1} of {self.settings.max_attempts})"
+            )
+        hint = " Lower hyperparameters.batch_size or max_seq_length if it ran out of memory." if returncode < 0 else ""
+        self._fail(
+            "training_crashed",
+            f"The training process {reason} (attempt {self.attempt} of "
+            f"{self.settings.max_attempts}).{hint} Log tail: {read_tail(log_path, 600)}",
+        )
         return "failed"
+
+    def _first_started(self) -> datetime:
+        with session_scope(self.db) as session:
+            return session.scalars(select(Job.first_started_at).where(Job.id == self.job_id)).one()
+
+    def _hand_back(self, message: str) -> str:
+        """Release the job to the queue (keeping its checkpoints) and send it again."""
+        with session_scope(self.db) as session:
+            job = release_job(session, self.job_id, self.worker_id)
+            if job is None:
+                return "lost"
+            add_event(session, self.job_id, message, level="warn")
+        send_job(job.id, job.queue)
+        return "requeued"
 
     def _succeed(self, final: dict[str, Any]) -> str:
         adapter = Path(final["adapter_dir"])
@@ -271,8 +378,18 @@ class JobSupervisor:
 
     def _fail(self, code: str, message: str) -> None:
         with session_scope(self.db) as session:
-            if finish_job(session, self.job_id, self.worker_id, JobStatus.failed, error=_error(code, message)):
-                add_event(session, self.job_id, f"Job failed: {message}", level="error")
+            self._finish_failed(session, code, message)
+
+    def _finish_failed(self, session, code: str, message: str) -> None:
+        if finish_job(session, self.job_id, self.worker_id, JobStatus.failed, error=_error(code, message)):
+            add_event(session, self.job_id, f"Job failed: {message}", level="error")
+
+
+def _request_stop(stop_path: Path, reason: str) -> None:
+    """Write the stop file atomically, so the child never reads it half-written."""
+    staging = stop_path.with_name(f".{stop_path.name}.tmp")
+    staging.write_text(reason)
+    os.replace(staging, stop_path)
 
 
 def _error(code: str, message: Any) -> dict[str, Any]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 
 from loraq.settings import get_settings
 from worker.celery_app import RUN_JOB_TASK, celery_app
 from worker.reconciler import start_reconciler_thread
-from worker.supervisor import JobSupervisor
+from worker.supervisor import SHUTTING_DOWN, JobSupervisor
 
 logger = logging.getLogger("loraq.worker")
 
@@ -23,3 +23,9 @@ def run_job(self, job_id: str) -> str:
 @worker_ready.connect
 def _start_reconciler(**_kwargs) -> None:
     start_reconciler_thread(get_settings())
+
+
+@worker_shutting_down.connect
+def _hand_back_running_job(**_kwargs) -> None:
+    # A warm shutdown (SIGTERM, a redeploy): the running job checkpoints and goes back to the queue.
+    SHUTTING_DOWN.set()

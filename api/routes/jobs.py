@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select, update
 
@@ -21,11 +23,12 @@ from api.schemas import (
     JobsPublic,
 )
 from loraq.base_models import find_model
-from loraq.storage import Storage
+from loraq.storage import ChecksumVerifier, Storage
 from models import Checkpoint, FileRecord, FileStatus, Job, JobEvent, JobStatus, new_id, utcnow
 from worker.celery_app import send_job
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+logger = logging.getLogger("loraq.api")
 
 DEFAULT_SEED = 42
 Limit = Annotated[int, Query(ge=1, le=100)]
@@ -86,6 +89,7 @@ def create_job(body: JobCreate, session: SessionDep, principal: CurrentOwner, se
         status=JobStatus.queued,
         queue=entry.queue or settings.queue,
         enqueued_at=utcnow(),
+        max_runtime_seconds=body.max_runtime_seconds,
     )
     session.add(job)
     session.flush()
@@ -159,8 +163,11 @@ def list_checkpoints(job: JobDep, session: SessionDep, after: Cursor = None, lim
     )
 
 
+archive_verifier = ChecksumVerifier()
+
+
 @router.get("/{job_id}/adapter", response_class=FileResponse, responses={304: {"description": "Not modified"}})
-def download_adapter(
+async def download_adapter(
     job: JobDep, settings: SettingsDep, if_none_match: Annotated[str | None, Header(max_length=256)] = None
 ):
     """The trained adapter folder as one .tar.gz (supports Range, If-Range and ETag)."""
@@ -175,6 +182,11 @@ def download_adapter(
     if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers={"etag": etag})
     path = Storage(settings.resolved_storage_root).adapter_archive(job.id)
+    if not await run_in_threadpool(archive_verifier.verify, path, job.adapter_sha256):
+        logger.error("job %s: adapter archive %s does not match its recorded sha256", job.id, path)
+        raise APIError(
+            500, "The stored adapter failed its checksum; the operator has been alerted.", code="adapter_corrupt"
+        )
     return FileResponse(
         path,
         media_type="application/gzip",
