@@ -15,7 +15,7 @@ from api.pagination import page_after
 from api.schemas import FileDeleted, FilePublic, FilesPublic
 from api.uploads import receive_upload
 from loraq.dataset_format import check_file
-from loraq.storage import Storage, fsync_rename
+from loraq.storage import ChecksumVerifier, Storage, fsync_rename
 from models import FileRecord, FileStatus, Job, JobStatus, new_id
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
@@ -140,8 +140,13 @@ def delete_file(record: FileDep, session: SessionDep, settings: SettingsDep):
     return FileDeleted(id=record.id)
 
 
+content_verifier = ChecksumVerifier()
+
+
 @router.get("/{file_id}/content", response_class=FileResponse)
-def file_content(record: FileDep, settings: SettingsDep):
-    """The uploaded bytes, as they were received."""
+async def file_content(record: FileDep, settings: SettingsDep):
+    """The uploaded bytes, as they were received (checked against their sha256 first)."""
     path = Storage(settings.resolved_storage_root).resolve(record.storage_key)
+    if not await run_in_threadpool(content_verifier.verify, path, record.sha256):
+        raise APIError(500, "The stored file failed its checksum; the operator has been alerted.", code="file_corrupt")
     return FileResponse(path, media_type="application/jsonl", headers={"etag": f'"{record.sha256}"'})

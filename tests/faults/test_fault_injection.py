@@ -257,6 +257,26 @@ def test_run_time_limit_fails_after_a_final_checkpoint(client, facts_file):
     assert checkpoints and checkpoints[-1]["data"]["step"] == finished["completed_steps"]
 
 
+def test_a_training_process_killed_every_attempt_fails_after_the_last(stack, client, facts_file):
+    job = create_job(client, facts_file, hyperparameters=FACTS_JOB).json()
+    for attempt in range(1, 5):  # LORAQ_MAX_ATTEMPTS=4 for this deployment
+        deadline = time.monotonic() + 120
+        while not [
+            e
+            for e in events(client, job["id"])
+            if e["message"].startswith("Training started") and len(attempts_of(client, job["id"])) == attempt
+        ]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        _, pid = worker_running(stack, client, job["id"])
+        os.kill(training_child(pid), signal.SIGKILL)
+        REPORT["faults injected"] += 1
+    finished = wait_for(client, job["id"])
+    assert finished["status"] == "failed" and finished["error"]["code"] == "training_crashed"
+    assert "killed by SIGKILL" in finished["error"]["message"] and "attempt 4 of 4" in finished["error"]["message"]
+    assert len(attempts_of(client, job["id"])) == 4  # bounded: no fifth run
+
+
 def test_twenty_jobs_while_a_worker_is_killed_and_restarted(stack, client):
     file_id = upload_ok(client, chat_rows()[:2])
     jobs = [create_job(client, file_id, hyperparameters=SMALL_JOB).json() for _ in range(20)]
@@ -275,6 +295,18 @@ def test_twenty_jobs_while_a_worker_is_killed_and_restarted(stack, client):
         assert finished["status"] == "succeeded", (finished["error"], events(client, job["id"])[-6:])
         REPORT["jobs completed"] += 1
         check_trained_once(client, finished)
+
+
+def test_corrupted_adapter_is_never_served(stack, client, facts_file):
+    job = create_job(client, facts_file, hyperparameters=SMALL_JOB).json()
+    assert wait_for(client, job["id"])["status"] == "succeeded"
+    archive = Path(stack.env["LORAQ_STORAGE_ROOT"]) / "jobs" / job["id"] / "adapter.tar.gz"
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # bit rot on the shared volume
+    archive.write_bytes(bytes(data))
+    REPORT["faults injected"] += 1
+    response = client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter")
+    assert response.status_code == 500 and response.json()["error"]["code"] == "adapter_corrupt"
 
 
 def test_report(capsys):
