@@ -12,6 +12,7 @@ from api.auth import PrincipalCache
 from api.errors import install_error_handlers
 from api.job_reads import JobReader
 from api.routes import files, health, jobs, metrics, models
+from api.schemas import error_responses
 from loraq import __version__
 from loraq.settings import Settings, get_settings
 
@@ -34,9 +35,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="loraq", version=__version__, description="OpenAI-compatible LoRA fine-tuning service", lifespan=lifespan
     )
     app.state.settings = settings or get_settings()
-    app.state.principal_cache = PrincipalCache()
+    app.state.principal_cache = PrincipalCache(ttl=app.state.settings.key_cache_seconds)
     install_error_handlers(app)
-    for module in (health, metrics, files, jobs, models):
-        app.include_router(module.router)
+    for module in (health, metrics):
+        app.include_router(module.router, responses=error_responses(500))
+    app.include_router(files.router, responses=error_responses(400, 401, 404, 413, 500))
+    app.include_router(jobs.router, responses=error_responses(400, 401, 404, 429, 500))
+    app.include_router(models.router, responses=error_responses(400, 401, 404, 500))
     logging.getLogger("loraq").setLevel(logging.INFO)
     return app

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import ApiKey, new_id
+from models import ApiKey, new_id, utcnow
 
 KEY_PREFIX = "lq-"
 
@@ -72,3 +72,15 @@ class PrincipalCache:
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[hash_key(presented)] = (time.monotonic() + self.ttl, principal)
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.seq)))
+
+
+def revoke_key(session: Session, key_id: str) -> bool:
+    row = session.scalars(select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))).first()
+    if row is None:
+        return False
+    row.revoked_at = utcnow()
+    return True

@@ -18,6 +18,30 @@ def unix(moment: datetime | None) -> int | None:
     return int(moment.timestamp()) if moment else None
 
 
+# ---------------------------------------------------------------- errors
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int, dict]:
+    descriptions = {400: "Invalid request (the message names the field or line)", 401: "Missing or unknown API key",
+                    404: "No such object for this key", 413: "Upload too large", 429: "Too many active jobs",
+                    500: "Server error"}  # fmt: skip
+    return {code: {"model": ErrorResponse, "description": descriptions[code]} for code in codes}
+
+
 # ---------------------------------------------------------------- files
 
 

@@ -47,6 +47,38 @@ def _cmd_migrate(args) -> int:
     return 0
 
 
+def _keys_database(args) -> str:
+    """The deployment to manage: an embedded data folder, or the LORAQ_* settings."""
+    from loraq.migrate import upgrade
+    from loraq.settings import Settings
+
+    settings = Settings(data_dir=Path(args.data_dir)) if args.data_dir else Settings()
+    upgrade(settings.resolved_database_url)
+    return settings.resolved_database_url
+
+
+def _cmd_keys(args) -> int:
+    from api.auth import create_key, list_keys, revoke_key
+    from models.session import session_scope
+
+    with session_scope(_keys_database(args)) as session:
+        if args.keys_command == "create":
+            key = create_key(session, owner=args.owner or args.name, name=args.name, is_admin=args.admin)
+            print(key)
+            print(
+                f"(owner {args.owner or args.name}{', admin' if args.admin else ''}; shown once, store it now)",
+                file=sys.stderr,
+            )
+        elif args.keys_command == "list":
+            for row in list_keys(session):
+                state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
+                print(f"{row.id}  owner={row.owner}  name={row.name}  {'admin' if row.is_admin else 'user'}  {state}")
+        elif not revoke_key(session, args.key_id):
+            print(f"no active key {args.key_id}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def _cmd_build_tiny(args) -> int:
     from training.tiny_model import write_tiny_model
 
@@ -92,6 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "train", help="Train one adapter from the command line (the seed script's flags)", add_help=False
     )
+
+    keys = commands.add_parser("keys", help="Create, list and revoke API keys")
+    keys.add_argument("--data-dir", default=None, help="An embedded deployment's data folder (else LORAQ_* settings)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="Create a key and print it (shown once)")
+    create.add_argument("--name", required=True, help="A label for the key")
+    create.add_argument("--owner", default=None, help="Owner of the files and jobs made with it (default: the name)")
+    create.add_argument("--admin", action="store_true", help="May see every owner's files and jobs")
+    key_commands.add_parser("list", help="List keys (never their secrets)")
+    revoke = key_commands.add_parser("revoke", help="Revoke a key by id (takes effect within 10 seconds)")
+    revoke.add_argument("key_id", help="Key id from `loraq keys list`")
+    keys.set_defaults(func=_cmd_keys)
 
     models = commands.add_parser("models", help="Base model utilities")
     model_commands = models.add_subparsers(dest="models_command", required=True)

@@ -29,12 +29,15 @@ class FormatReport:
     examples: int = 0
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
+    too_many: int | None = None  # the example limit, when the file exceeds it
 
     @property
     def ok(self) -> bool:
-        return self.error_count == 0 and self.examples > 0
+        return self.error_count == 0 and self.examples > 0 and self.too_many is None
 
     def summary(self) -> str:
+        if self.too_many is not None:
+            return f"the file holds more than {self.too_many} examples, the most one file may have"
         if self.examples == 0 and self.error_count == 0:
             return "the file holds no examples (every line is blank)"
         more = self.error_count - len(self.errors)
@@ -98,10 +101,15 @@ def parse_line(number: int, raw: bytes) -> dict | None:
         raise DatasetFormatError(number, str(exc)) from None
 
 
-def check_file(path: str | Path, max_errors: int = MAX_REPORTED_ERRORS) -> FormatReport:
+def check_file(
+    path: str | Path, max_examples: int | None = None, max_errors: int = MAX_REPORTED_ERRORS
+) -> FormatReport:
     """Check every line of a JSONL file, keeping the first `max_errors` messages."""
     report = FormatReport()
     for number, raw in _lines(Path(path)):
+        if max_examples is not None and report.examples >= max_examples and raw.strip():
+            report.too_many = max_examples
+            break
         try:
             example = parse_line(number, raw)
         except DatasetFormatError as exc:

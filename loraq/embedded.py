@@ -20,7 +20,7 @@ from loraq.launch import api_command, spawn, worker_command
 from loraq.migrate import upgrade
 from loraq.settings import Settings
 
-STOP_TIMEOUT = 15.0
+STOP_TIMEOUT = 60.0  # time for a running job to checkpoint and be handed back
 
 
 def bootstrap_api_key(settings: Settings) -> str:
@@ -113,5 +113,7 @@ def run_embedded(host: str, port: int, data_dir: Path) -> int:
         print("\nstopping loraq ...", flush=True)
         return 0
     finally:
-        # API and worker first, Redis last, so the worker can still report what it was doing.
-        stop_all(list(reversed(processes)))
+        # API and worker first (a running job checkpoints and is handed back), Redis last.
+        redis_server = processes[:1] if settings.broker_url is None else []
+        stop_all([p for p in processes if p not in redis_server])
+        stop_all(redis_server)

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
         description='Extra base models as JSON: {"name": {"source": "org/model", "trust_remote_code": false}}',
     )
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest accepted upload")
+    max_examples_per_file: int = Field(1_000_000, ge=1, description="Most examples one dataset file may hold")
+    max_active_jobs_per_owner: int = Field(
+        20, ge=1, description="Queued plus running jobs one owner may have; more are refused with 429"
+    )
     lease_seconds: int = Field(60, ge=2, description="How long a worker's claim on a job lasts unrenewed")
     max_job_seconds: int | None = Field(
         None, ge=1, description="Server-wide limit on a job's run time (from its first start); none by default"
@@ -45,6 +49,9 @@ class Settings(BaseSettings):
     )
     api_threads: int = Field(
         8, ge=1, le=256, description="Worker threads per API process for database calls (and pool size)"
+    )
+    key_cache_seconds: float = Field(
+        10, ge=0, description="How long an API process trusts a verified key (a revocation takes this long)"
     )
     bootstrap_api_key: str | None = Field(None, description="API key created at start-up (embedded mode)")
 

@@ -1,7 +1,7 @@
 """SQLAlchemy models of loraq's records and the session handling. The database is the source of truth."""
 
 from models.base import Base, new_id, utcnow
-from models.records import ApiKey, Checkpoint, FileRecord, FileStatus, Job, JobEvent, JobStatus
+from models.records import ApiKey, Checkpoint, FileRecord, FileStatus, IdempotencyRecord, Job, JobEvent, JobStatus
 
 __all__ = [
     "ApiKey",
@@ -9,6 +9,7 @@ __all__ = [
     "Checkpoint",
     "FileRecord",
     "FileStatus",
+    "IdempotencyRecord",
     "Job",
     "JobEvent",
     "JobStatus",

@@ -20,12 +20,15 @@ FAST_RECOVERY = {  # short enough for tests to watch the reconciler work
     "LORAQ_LEASE_SECONDS": "6",
     "LORAQ_RECONCILE_SECONDS": "1",
     "LORAQ_REQUEUE_AFTER_SECONDS": "3",
+    "LORAQ_KEY_CACHE_SECONDS": "1",
+    "LORAQ_MAX_ACTIVE_JOBS_PER_OWNER": "10",
+    "LORAQ_MAX_EXAMPLES_PER_FILE": "500",
 }
 
 
 def base_environment(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAQ_")}
-    env.update(LORAQ_BOOTSTRAP_API_KEY=API_KEY, PYTHONUNBUFFERED="1", **FAST_RECOVERY, **extra)
+    env.update({"LORAQ_BOOTSTRAP_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1", **FAST_RECOVERY, **extra})
     return env
 
 
@@ -88,6 +91,14 @@ class Deployment:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
 
+    def new_key(self, owner: str, admin: bool = False) -> str:
+        """A new API key for `owner`, made as the operator would (`loraq keys create`)."""
+        from api.auth import create_key
+        from models.session import session_scope
+
+        with session_scope(self.database_url) as session:
+            return create_key(session, owner=owner, name=f"{owner}-test", is_admin=admin)
+
     def openai(self):
         import openai
 
@@ -97,6 +108,7 @@ class Deployment:
 def embedded(folder: Path, extra_env: dict[str, str]) -> Deployment:
     """`loraq up`: SQLite, the embedded Redis, the API and one worker."""
     deployment = Deployment("sqlite+embedded-redis", folder, base_environment(extra_env))
+    deployment.database_url = f"sqlite:///{folder / 'data' / 'loraq.db'}"
     deployment.start_process("up", loraq("up", "--port", str(deployment.port), "--data-dir", str(folder / "data")))
     deployment.wait_ready()
     return deployment
@@ -118,6 +130,7 @@ def production(folder: Path, extra_env: dict[str, str], workers: int = 1) -> Dep
     )
     deployment = Deployment("postgres+redis-server", folder, env)
     deployment.servers = [postgres, redis]
+    deployment.database_url = postgres.url
     deployment.redis = redis
     subprocess.run(loraq("migrate"), env=env, check=True, capture_output=True)
     deployment.start_process(

@@ -309,6 +309,8 @@ class JobSupervisor:
                     "time_limit_exceeded",
                     f"The job ran past its {limit}-second run-time limit; "
                     f"stopped at step {final.get('steps')} after a final checkpoint.",
+                    completed_steps=final.get("steps"),
+                    trained_tokens=final.get("trained_tokens"),
                 )
                 return "failed"
         with session_scope(self.db) as session:
@@ -349,7 +351,10 @@ class JobSupervisor:
             if job is None:
                 return "lost"
             add_event(session, self.job_id, message, level="warn")
-        send_job(job.id, job.queue)
+        try:
+            send_job(job.id, job.queue)
+        except Exception:  # the broker is down too: the reconciler sends queued jobs again
+            logger.warning("job %s: re-queued in the database, but the broker refused it", self.job_id)
         return "requeued"
 
     def _succeed(self, final: dict[str, Any]) -> str:
@@ -376,12 +381,12 @@ class JobSupervisor:
             add_event(session, self.job_id, "The job has successfully completed")
         return "succeeded"
 
-    def _fail(self, code: str, message: str) -> None:
+    def _fail(self, code: str, message: str, **values: Any) -> None:
         with session_scope(self.db) as session:
-            self._finish_failed(session, code, message)
+            self._finish_failed(session, code, message, **values)
 
-    def _finish_failed(self, session, code: str, message: str) -> None:
-        if finish_job(session, self.job_id, self.worker_id, JobStatus.failed, error=_error(code, message)):
+    def _finish_failed(self, session, code: str, message: str, **values: Any) -> None:
+        if finish_job(session, self.job_id, self.worker_id, JobStatus.failed, error=_error(code, message), **values):
             add_event(session, self.job_id, f"Job failed: {message}", level="error")
 
 

@@ -6,11 +6,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import select
 
 from api.deps import CurrentOwner, FileDep, SessionDep, SettingsDep, visible_to
-from api.errors import APIError
+from api.errors import APIError, error_body
+from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
 from api.pagination import page_after
 from api.schemas import FileDeleted, FilePublic, FilesPublic
 from api.uploads import receive_upload
@@ -44,27 +45,35 @@ PURPOSES = ("fine-tune",)
         }
     },
 )
-async def upload_file(request: Request, session: SessionDep, principal: CurrentOwner, settings: SettingsDep):
+async def upload_file(
+    request: Request, session: SessionDep, principal: CurrentOwner, settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+):  # fmt: skip
     """Upload a chat JSONL dataset (multipart: file, purpose=fine-tune); it is checked line by line."""
     storage = Storage(settings.resolved_storage_root)
     staging = storage.staging_file("files")
+    record = None
     try:
         upload = await receive_upload(request, staging, settings.max_upload_bytes)
         purpose = upload.fields.get("purpose")
         if purpose not in PURPOSES:
-            raise APIError(
-                400,
-                f"'purpose' must be one of {', '.join(PURPOSES)} (got {purpose!r}).",
-                param="purpose",
-                code="invalid_purpose",
-            )
-        report = await run_in_threadpool(check_file, staging)
+            raise APIError(400, f"'purpose' must be one of {', '.join(PURPOSES)} (got {purpose!r}).",
+                           param="purpose", code="invalid_purpose")  # fmt: skip
+        if idempotency_key:
+            claimed = await run_in_threadpool(
+                claim_key, session, principal.owner, "files", idempotency_key,
+                fingerprint(upload.sha256, purpose, upload.filename),
+            )  # fmt: skip
+            if isinstance(claimed, JSONResponse):
+                return claimed  # a retry: the first upload's result, and this copy is discarded
+            record = claimed
+        report = await run_in_threadpool(check_file, staging, settings.max_examples_per_file)
         file_id = new_id("file")
         final = storage.file_path(file_id)
         await run_in_threadpool(fsync_rename, staging, final)
     finally:
         staging.unlink(missing_ok=True)
-    record = FileRecord(
+    file_record = FileRecord(
         id=file_id,
         owner=principal.owner,
         filename=upload.filename or "upload.jsonl",
@@ -76,20 +85,24 @@ async def upload_file(request: Request, session: SessionDep, principal: CurrentO
         status=FileStatus.processed if report.ok else FileStatus.error,
         status_details=None if report.ok else report.summary(),
     )
-    session.add(record)
+    session.add(file_record)
     session.flush()
     if not report.ok:
         # The record is kept (status `error`, visible in GET /v1/files) so the caller can see what was wrong,
         # but the upload itself answers 400 with the line numbers, so no client mistakes it for usable data.
-        session.commit()
-        raise APIError(
+        error = APIError(
             400,
-            f"Invalid training data in '{record.filename}': {record.status_details}",
+            f"Invalid training data in '{file_record.filename}': {file_record.status_details}",
             param="file",
             code="invalid_file_format",
             extra={"file_id": file_id},
         )
-    return FilePublic.of(record)
+        complete(record, 400, error_body(400, error.message, error.param, error.code, **error.extra))
+        session.commit()
+        raise error
+    public = FilePublic.of(file_record)
+    complete(record, 200, public.model_dump(mode="json"))
+    return public
 
 
 @router.get("", response_model=FilesPublic)

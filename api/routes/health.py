@@ -37,7 +37,7 @@ def _check(settings) -> dict[str, str]:
     return checks
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "The database or the broker is unreachable"}})
 async def readyz(settings: SettingsDep):
     """The database and the broker are reachable."""
     checks = await run_in_threadpool(_check, settings)

@@ -7,11 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
-from sqlalchemy import select, update
+from fastapi.responses import FileResponse, JSONResponse
+from sqlalchemy import func, select, update
 
 from api.deps import CurrentOwner, JobDep, SessionDep, SettingsDep, after_commit, visible_to
 from api.errors import APIError, not_found
+from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
 from api.pagination import page_after
 from api.schemas import (
     CheckpointPublic,
@@ -57,13 +58,42 @@ def _usable_file(session, principal, file_id: str, param: str) -> FileRecord:
     return record
 
 
+def _check_active_jobs(session, principal, settings) -> None:
+    active = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.owner == principal.owner,
+            Job.status.in_((JobStatus.validating_files, JobStatus.queued, JobStatus.running)),
+        )
+    )
+    if active >= settings.max_active_jobs_per_owner:
+        raise APIError(
+            429,
+            f"You have {active} queued or running jobs, the most allowed "
+            f"({settings.max_active_jobs_per_owner}); wait for some to finish or cancel them.",
+            code="too_many_active_jobs",
+            headers={"Retry-After": "60"},
+        )
+
+
 def _add_event(session, job_id: str, message: str) -> None:
     session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, message=message))
 
 
 @router.post("", response_model=JobPublic)
-def create_job(body: JobCreate, session: SessionDep, principal: CurrentOwner, settings: SettingsDep):
+def create_job(
+    body: JobCreate, session: SessionDep, principal: CurrentOwner, settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+):  # fmt: skip
     """Create a LoRA SFT job; it is queued once its row is committed."""
+    record = None
+    if idempotency_key:
+        claimed = claim_key(session, principal.owner, "jobs", idempotency_key, fingerprint(body.model_dump()))
+        if isinstance(claimed, JSONResponse):
+            return claimed
+        record = claimed
+    _check_active_jobs(session, principal, settings)
     entry = find_model(settings, body.model)
     if entry is None:
         raise APIError(
@@ -96,8 +126,10 @@ def create_job(body: JobCreate, session: SessionDep, principal: CurrentOwner, se
     _add_event(session, job.id, f"Created fine-tuning job: {job.id}")
     _add_event(session, job.id, "Validated training file" + (" and validation file" if job.validation_file else ""))
     _add_event(session, job.id, "Job queued")
+    public = JobPublic.of(job)
+    complete(record, 200, public.model_dump(mode="json"))
     after_commit(session, lambda: send_job(job.id, job.queue))
-    return JobPublic.of(job)
+    return public
 
 
 @router.get("", response_model=JobsPublic)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
@@ -66,7 +67,7 @@ def render_metrics(settings: Settings) -> bytes:
     return generate_latest(registry)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(settings: SettingsDep):
     """Prometheus metrics: jobs by status, queue depth, running jobs per worker, tokens/s, upload bytes."""
     body = await run_in_threadpool(render_metrics, settings)

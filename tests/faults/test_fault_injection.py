@@ -30,7 +30,11 @@ SMALL_JOB = {"n_epochs": 2, "gradient_accumulation_steps": 1, "save_steps": 1, "
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     folder = tmp_path_factory.mktemp("faults")
-    env = {"LORAQ_FAULT_KILL_AT": f"checkpoint:20:{folder / 'kill-in-checkpoint'}", "LORAQ_MAX_ATTEMPTS": "4"}
+    env = {
+        "LORAQ_FAULT_KILL_AT": f"checkpoint:20:{folder / 'kill-in-checkpoint'}",
+        "LORAQ_MAX_ATTEMPTS": "4",
+        "LORAQ_MAX_ACTIVE_JOBS_PER_OWNER": "50",
+    }
     deployment = production(folder, env, workers=2)
     deployment.kill_flag = folder / "kill-in-checkpoint"
     yield deployment
