@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import Principal, PrincipalCache, authenticate
 from api.errors import APIError, not_found
+from api.schemas import ID_PATTERN
 from loraq.settings import Settings
 from models import FileRecord, Job
 from models.session import session_scope
@@ -87,14 +88,16 @@ def visible_to(principal: Principal, model):
     return true() if principal.is_admin else model.owner == principal.owner
 
 
-def load_job(job_id: Annotated[str, Path(max_length=64)], session: SessionDep, principal: CurrentOwner) -> Job:
+def load_job(job_id: Annotated[str, Path(pattern=ID_PATTERN)], session: SessionDep, principal: CurrentOwner) -> Job:
     job = session.scalars(select(Job).where(Job.id == job_id, visible_to(principal, Job))).first()
     if job is None:
         raise not_found("fine-tuning job", job_id)
     return job
 
 
-def load_file(file_id: Annotated[str, Path(max_length=64)], session: SessionDep, principal: CurrentOwner) -> FileRecord:
+def load_file(
+    file_id: Annotated[str, Path(pattern=ID_PATTERN)], session: SessionDep, principal: CurrentOwner
+) -> FileRecord:
     record = session.scalars(
         select(FileRecord).where(
             FileRecord.id == file_id, FileRecord.deleted.is_(False), visible_to(principal, FileRecord)

@@ -12,6 +12,8 @@ from models import Checkpoint, FileRecord, Job, JobEvent
 from training.config import Hyperparameters
 
 SUFFIX_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Server-generated ids (`file-…`, `ftjob-…`): anything else cannot name an object, and never reaches SQL.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 def unix(moment: datetime | None) -> int | None:
@@ -105,8 +107,8 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(max_length=255, description="A base model from GET /v1/models")
-    training_file: str = Field(max_length=64, description="Id of an uploaded file with purpose fine-tune")
-    validation_file: str | None = Field(None, max_length=64)
+    training_file: str = Field(pattern=ID_PATTERN, description="Id of an uploaded file with purpose fine-tune")
+    validation_file: str | None = Field(None, pattern=ID_PATTERN)
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     suffix: str | None = Field(None, description="Up to 64 characters of A-Z a-z 0-9 . _ -")
@@ -132,6 +134,8 @@ class JobCreate(BaseModel):
         if len(value) > 16:
             raise ValueError("at most 16 key-value pairs")
         for key, item in value.items():
+            if "\x00" in key or "\x00" in item:
+                raise ValueError("keys and values must not contain NUL characters")
             if len(key) > 64:
                 raise ValueError(f"key {key[:20]!r}... is longer than 64 characters")
             if len(item) > 512:

@@ -65,7 +65,8 @@ class _PartState:
             if self.files_seen > 1:
                 raise APIError(400, "Send exactly one 'file' part.", param="file", code="invalid_upload")
             # The client's file name is kept as a label only; it never becomes a path.
-            self.result.filename = filename.decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1][:255]
+            name = filename.decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1]
+            self.result.filename = "".join(c for c in name if c.isprintable())[:255] or "upload.jsonl"
             self.handle = self.staging.open("wb")
 
     def on_part_data(self, data, start, end):

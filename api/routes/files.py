@@ -13,7 +13,7 @@ from api.deps import CurrentOwner, FileDep, SessionDep, SettingsDep, visible_to
 from api.errors import APIError, error_body
 from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
 from api.pagination import page_after
-from api.schemas import FileDeleted, FilePublic, FilesPublic
+from api.schemas import ID_PATTERN, FileDeleted, FilePublic, FilesPublic
 from api.uploads import receive_upload
 from loraq.dataset_format import check_file
 from loraq.storage import ChecksumVerifier, Storage, fsync_rename
@@ -109,8 +109,8 @@ async def upload_file(
 def list_files(
     session: SessionDep,
     principal: CurrentOwner,
-    purpose: str | None = None,
-    after: Annotated[str | None, Query(max_length=64)] = None,
+    purpose: Annotated[str | None, Query(pattern=r"^[a-z-]{1,32}$")] = None,
+    after: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
     order: Literal["asc", "desc"] = "desc",
 ):

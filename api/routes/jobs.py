@@ -15,6 +15,7 @@ from api.errors import APIError, not_found
 from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
 from api.pagination import page_after
 from api.schemas import (
+    ID_PATTERN,
     CheckpointPublic,
     CheckpointsPublic,
     EventPublic,
@@ -33,7 +34,7 @@ logger = logging.getLogger("loraq.api")
 
 DEFAULT_SEED = 42
 Limit = Annotated[int, Query(ge=1, le=100)]
-Cursor = Annotated[str | None, Query(max_length=64)]
+Cursor = Annotated[str | None, Query(pattern=ID_PATTERN)]
 
 
 def _usable_file(session, principal, file_id: str, param: str) -> FileRecord:
@@ -140,7 +141,7 @@ async def list_jobs(request: Request, principal: CurrentOwner, after: Cursor = N
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-async def retrieve_job(request: Request, job_id: Annotated[str, Path(max_length=64)], principal: CurrentOwner):
+async def retrieve_job(request: Request, job_id: Annotated[str, Path(pattern=ID_PATTERN)], principal: CurrentOwner):
     """One job: status, progress, the fine-tuned model name and any error."""
     body = await request.app.state.job_reader.job(principal, job_id)
     return Response(body, media_type="application/json")
