@@ -1,21 +1,20 @@
-"""The job supervisor: claims a job, runs the training program as a child process and records the outcome.
+"""The job supervisor: the worker side of the reliability protocol in DESIGN.md.
 
-The child gets a fresh process (a fresh CUDA context, hard-killable) and talks back only through its
-progress file; the supervisor turns those records into events and checkpoint rows, renews the lease,
-stops the child when the job is cancelled, and marks the job `succeeded` only once the adapter archive
-is on disk with its checksum recorded.
+It claims a job (one atomic update), resumes it from its newest complete checkpoint, runs the training
+program as a child process and turns the child's progress records into events and checkpoint rows. While
+the child trains it renews the lease and asks the child to stop when the job is cancelled or claimed by
+another worker (`cancel`), when this worker is shutting down (`handoff`: checkpoint, then back to the
+queue), or when the run-time limit passes (`deadline`: checkpoint, then fail). A child killed from outside
+is retried from its last checkpoint, up to `max_attempts`. The job is `succeeded` only once its adapter
+archive is on disk with its sha256 recorded.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,14 +24,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from loraq.base_models import find_model
 from loraq.settings import Settings
 from loraq.storage import Storage, build_archive, read_tail
-from models import Checkpoint, FileRecord, Job, JobStatus, utcnow
+from models import Checkpoint, Job, JobStatus, utcnow
 from models.session import session_scope
 from training.checkpoints import is_complete, newest_complete, remove_incomplete, step_of
-from training.config import Hyperparameters, TrainingConfig
+from training.config import TrainingConfig
 from worker.celery_app import send_job
+from worker.child_process import ProgressTail, exit_reason, kill, request_stop, start_training
 from worker.claims import (
     add_event,
     claim_job,
@@ -42,6 +41,7 @@ from worker.claims import (
     release_job,
     renew_lease,
 )
+from worker.job_config import build_training_config
 
 logger = logging.getLogger("loraq.worker")
 
@@ -54,25 +54,6 @@ def worker_identity(node: str | None = None) -> str:
     return f"{node or socket.gethostname()}:{os.getpid()}"
 
 
-class ProgressTail:
-    """Reads the complete lines appended to the child's progress file since the last read."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.offset = 0
-
-    def read(self) -> list[dict[str, Any]]:
-        try:
-            with self.path.open("rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return []
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next read
-        self.offset += end
-        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
-
-
 @dataclass
 class RunOutcome:
     final: dict[str, Any] | None = None
@@ -82,35 +63,6 @@ class RunOutcome:
 
 # Set when Celery begins a warm shutdown (SIGTERM): the running job checkpoints and goes back to the queue.
 SHUTTING_DOWN = threading.Event()
-
-
-def build_training_config(job: Job, settings: Settings, storage: Storage, session) -> TrainingConfig:
-    entry = find_model(settings, job.model)
-    if entry is None:
-        raise LookupError(f"base model {job.model!r} is no longer offered by this server")
-    files = {
-        f.id: storage.resolve(f.storage_key)
-        for f in session.scalars(select(FileRecord).where(FileRecord.id.in_(_job_files(job))))
-    }
-    job_dir = storage.job_dir(job.id)
-    return TrainingConfig(
-        base_model=entry.source,
-        trust_remote_code=entry.trust_remote_code,
-        model_cache_dir=str(settings.model_cache_dir),
-        train_path=str(files[job.training_file]),
-        eval_path=str(files[job.validation_file]) if job.validation_file else None,
-        output_dir=str(storage.adapter_dir(job.id)),
-        checkpoint_dir=str(storage.checkpoints_dir(job.id)),
-        progress_path=str(job_dir / "progress.jsonl"),
-        stop_path=str(job_dir / "stop"),
-        seed=job.seed,
-        hyperparameters=Hyperparameters.model_validate(job.hyperparameters),
-        extra_metadata={"job_id": job.id, "model": job.model, "fine_tuned_model": job.fine_tuned_name},
-    )
-
-
-def _job_files(job: Job) -> list[str]:
-    return [f for f in (job.training_file, job.validation_file) if f]
 
 
 class JobSupervisor:
@@ -199,15 +151,7 @@ class JobSupervisor:
         config_path = job_dir / "config.json"
         config_path.write_text(config.model_dump_json(indent=2))
         log_path = job_dir / "train.log"
-        with log_path.open("ab") as log:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "training.run", "--config", str(config_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # our signals (Ctrl-C at the terminal) reach the child only via us
-                preexec_fn=_die_with_parent,
-            )
+        child = start_training(config_path, log_path)
         outcome = self._watch(child, ProgressTail(Path(config.progress_path)), Path(config.stop_path))
         return self._record_outcome(child.returncode, outcome, log_path)
 
@@ -226,7 +170,7 @@ class JobSupervisor:
                 if stop_asked_at is None:
                     reason = self._stop_reason(renew_due)
                     if reason:
-                        _request_stop(stop_path, reason)
+                        request_stop(stop_path, reason)
                         stop_asked_at = time.monotonic()
                         outcome.stop_requested = reason
                         logger.info("job %s: asked the training process to stop (%s)", self.job_id, reason)
@@ -235,10 +179,10 @@ class JobSupervisor:
                     if stop_asked_at is not None:
                         self._still_ours(renew=True)  # keep the lease while the child checkpoints
                 if stop_asked_at is not None and time.monotonic() - stop_asked_at > STOP_GRACE_SECONDS:
-                    _kill(child)
+                    kill(child)
                 time.sleep(POLL_SECONDS)
         except BaseException:
-            _kill(child)
+            kill(child)
             raise
 
     def _stop_reason(self, renew_due: bool) -> str | None:
@@ -324,7 +268,7 @@ class JobSupervisor:
         if final.get("type") == "failed":
             self._fail(final.get("code", "training_error"), final.get("message", "training failed"))
             return "failed"
-        reason = _exit_reason(returncode)
+        reason = exit_reason(returncode)
         if returncode < 0 and self.attempt < self.settings.max_attempts:
             # Killed from outside (the kernel's OOM killer, an operator): worth another attempt, which
             # resumes from the last complete checkpoint.
@@ -390,35 +334,5 @@ class JobSupervisor:
             add_event(session, self.job_id, f"Job failed: {message}", level="error")
 
 
-def _request_stop(stop_path: Path, reason: str) -> None:
-    """Write the stop file atomically, so the child never reads it half-written."""
-    staging = stop_path.with_name(f".{stop_path.name}.tmp")
-    staging.write_text(reason)
-    os.replace(staging, stop_path)
-
-
 def _error(code: str, message: Any) -> dict[str, Any]:
     return {"code": code, "message": str(message), "param": None}
-
-
-def _exit_reason(returncode: int) -> str:
-    if returncode < 0:
-        name = signal.Signals(-returncode).name
-        hint = " (the kernel's out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
-        return f"was killed by {name}{hint}"
-    return f"exited with code {returncode}"
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: the kernel kills it if this worker process dies (Linux)."""
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _kill(child: subprocess.Popen) -> None:
-    if child.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait()

@@ -1,0 +1,40 @@
+"""The training program's config for a job: its files, base model and hyperparameters, resolved."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from loraq.base_models import find_model
+from loraq.settings import Settings
+from loraq.storage import Storage
+from models import FileRecord, Job
+from training.config import Hyperparameters, TrainingConfig
+
+
+def build_training_config(job: Job, settings: Settings, storage: Storage, session) -> TrainingConfig:
+    entry = find_model(settings, job.model)
+    if entry is None:
+        raise LookupError(f"base model {job.model!r} is no longer offered by this server")
+    files = {
+        f.id: storage.resolve(f.storage_key)
+        for f in session.scalars(select(FileRecord).where(FileRecord.id.in_(_job_files(job))))
+    }
+    job_dir = storage.job_dir(job.id)
+    return TrainingConfig(
+        base_model=entry.source,
+        trust_remote_code=entry.trust_remote_code,
+        model_cache_dir=str(settings.model_cache_dir),
+        train_path=str(files[job.training_file]),
+        eval_path=str(files[job.validation_file]) if job.validation_file else None,
+        output_dir=str(storage.adapter_dir(job.id)),
+        checkpoint_dir=str(storage.checkpoints_dir(job.id)),
+        progress_path=str(job_dir / "progress.jsonl"),
+        stop_path=str(job_dir / "stop"),
+        seed=job.seed,
+        hyperparameters=Hyperparameters.model_validate(job.hyperparameters),
+        extra_metadata={"job_id": job.id, "model": job.model, "fine_tuned_model": job.fine_tuned_name},
+    )
+
+
+def _job_files(job: Job) -> list[str]:
+    return [f for f in (job.training_file, job.validation_file) if f]
