@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import LOCAL_MODEL, free_port
-from tests.e2e.calls import create_job, upload_ok, wait_for
+from tests.e2e.calls import create_job, events, upload_ok, wait_for
 from tests.facts import chat_rows
 
 pytestmark = pytest.mark.e2e
@@ -35,9 +35,8 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
-def test_up_generates_a_key_and_ctrl_c_stops_everything(tmp_path):
+def _start_up(tmp_path, port):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAQ_")}
-    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "loraq.cli", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
         env=env,
@@ -45,28 +44,50 @@ def test_up_generates_a_key_and_ctrl_c_stops_everything(tmp_path):
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    try:
-        key = None
-        deadline = time.monotonic() + 90
-        while key is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            assert line, "loraq up exited before printing its API key"
-            if line.startswith("API key: "):
-                key = line.split(": ", 1)[1].strip()
-        assert key and (tmp_path / "data" / "api_key").read_text().strip() == key
-        response = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"})
-        assert response.status_code == 200
-        children = _children(process.pid)
-        assert len(children) == 3  # redis-server, the worker and the API
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        assert line, "loraq up exited before printing its API key"
+        if line.startswith("API key: "):
+            return process, line.split(": ", 1)[1].strip()
+    raise AssertionError("no API key printed")
 
-        process.send_signal(signal.SIGINT)  # what Ctrl-C delivers
-        assert process.wait(timeout=60) == 0
-        deadline = time.monotonic() + 10
-        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not [pid for pid in children if _alive(pid)]
+
+def _ctrl_c(process) -> None:
+    children = _children(process.pid)
+    assert len(children) == 3  # redis-server, the worker and the API
+    process.send_signal(signal.SIGINT)  # what Ctrl-C delivers
+    assert process.wait(timeout=90) == 0
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in children if _alive(pid)]
+
+
+def test_up_generates_a_key_and_ctrl_c_stops_everything_keeping_the_job(tmp_path):
+    port = free_port()
+    process, key = _start_up(tmp_path, port)
+    try:
+        assert (tmp_path / "data" / "api_key").read_text().strip() == key
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"})
+        assert client.get("/v1/models").status_code == 200
+        file_id = upload_ok(client, chat_rows())
+        hp = {"n_epochs": 40, "gradient_accumulation_steps": 1, "save_steps": 20, "logging_steps": 20}
+        job_id = create_job(client, file_id, hyperparameters=hp).json()["id"]
+        deadline = time.monotonic() + 120
+        while not client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        _ctrl_c(process)  # the running job checkpoints and goes back to the queue before Redis stops
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/healthz")
+
+        process, _ = _start_up(tmp_path, port)  # the same data folder: the job continues
+        finished = wait_for(client, job_id, timeout=180)
+        assert finished["status"] == "succeeded", finished["error"]
+        resumed = [e for e in events(client, job_id) if "resumed_from_step" in (e.get("data") or {})]
+        assert resumed and resumed[0]["data"]["resumed_from_step"] >= 20
+        _ctrl_c(process)
     finally:
         if process.poll() is None:
             process.kill()
