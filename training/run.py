@@ -25,10 +25,12 @@ from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from trl import SFTConfig, SFTTrainer
+from trl.chat_template_utils import has_generation_markers
 
 from loraq.dataset_format import read_examples
 from loraq.storage import sha256_of, staged_directory
 from training.config import TrainingConfig
+from training.loss_masks import MaskError, tokenize_with_mask
 from training.progress import ProgressCallback, ProgressWriter
 from training.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
 
@@ -66,6 +68,17 @@ def load_conversations(path: str) -> Dataset:
     return Dataset.from_list(rows)
 
 
+def load_masked(path: str, tokenizer, max_length: int) -> Dataset:
+    """Chat rows tokenized with assistant-only labels (see training.loss_masks)."""
+    rows = []
+    for number, example in enumerate(read_examples(path), start=1):
+        try:
+            rows.append(tokenize_with_mask(tokenizer, example["messages"], max_length))
+        except MaskError as exc:
+            raise MaskError(f"{Path(path).name}, example {number}: {exc}") from None
+    return Dataset.from_list(rows)
+
+
 # --------------------------------------------------------------------------- trainer
 
 
@@ -79,8 +92,13 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=precision["dtype"], trust_remote_code=config.trust_remote_code
     )
-    train_ds = load_conversations(config.train_path)
-    eval_ds = load_conversations(config.eval_path) if config.eval_path else None
+    # Assistant-only loss: TRL derives the mask from `{% generation %}` markers where the template has
+    # them (the built-in model's does); for any other template the mask is derived here by incremental
+    # rendering and the rows go to TRL already tokenized, with their labels.
+    derive_masks = not hp.train_on_inputs and not has_generation_markers(tokenizer.chat_template)
+    load = (lambda path: load_masked(path, tokenizer, hp.max_seq_length)) if derive_masks else load_conversations
+    train_ds = load(config.train_path)
+    eval_ds = load(config.eval_path) if config.eval_path else None
     args = SFTConfig(
         output_dir=config.checkpoint_dir,
         max_length=hp.max_seq_length,
@@ -102,7 +120,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         logging_steps=hp.logging_steps,
         seed=config.seed,
         data_seed=config.seed,
-        assistant_only_loss=not hp.train_on_inputs,
+        assistant_only_loss=not hp.train_on_inputs and not derive_masks,
         include_num_input_tokens_seen="non_padding",
         report_to="none",
         disable_tqdm=True,
@@ -213,6 +231,12 @@ def describe_failure(exc: BaseException) -> dict:
             "code": "storage_error",
             "message": f"Writing to shared storage failed: {exc}. "
             "No adapter was published; the operator must free or repair the storage, then resubmit.",
+        }
+    if isinstance(exc, MaskError):
+        return {
+            "code": "invalid_chat_template",
+            "message": f"Cannot train on assistant tokens only: {exc}. "
+            "Set hyperparameters.train_on_inputs to true to train on whole conversations.",
         }
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return {
