@@ -201,6 +201,7 @@ class JobPublic(BaseModel):
             method={"type": "supervised", "supervised": {"hyperparameters": job.hyperparameters}},
             training_file=job.training_file,
             validation_file=job.validation_file,
+            result_files=job.result_files or [],
             trained_tokens=job.trained_tokens,
             error=JobError(**job.error) if job.error else None,
             seed=job.seed,

@@ -103,6 +103,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     adapter_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     adapter_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    result_files: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
     @property
     def fine_tuned_name(self) -> str:

@@ -85,6 +85,7 @@ class TrainingConfig(BaseModel):
     eval_path: str | None = Field(None, description="Optional validation JSONL")
     output_dir: str = Field(description="Final adapter folder (written to a temporary name, then renamed)")
     checkpoint_dir: str = Field(description="Folder for checkpoint-N folders")
+    results_dir: str | None = Field(None, description="Folder for result files (default: output_dir/results)")
     progress_path: str | None = Field(None, description="JSONL file the run appends progress records to")
     stop_path: str | None = Field(None, description="If this file appears, training stops at the next step")
     seed: int = Field(42, description="Random seed")

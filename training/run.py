@@ -32,6 +32,7 @@ from loraq.storage import sha256_of, staged_directory
 from training.config import TrainingConfig
 from training.loss_masks import MaskError, tokenize_with_mask
 from training.progress import ProgressCallback, ProgressWriter
+from training.results import write_samples, write_step_metrics
 from training.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
 
 logger = logging.getLogger("loraq.training")
@@ -214,8 +215,19 @@ def train(config: TrainingConfig) -> dict:
         writer.write("stopped", reason=callback.stop_reason, **summary)
         return {"type": "stopped", "reason": callback.stop_reason, **summary}
     folder = save_adapter(trainer, config, summary)
-    writer.write("completed", adapter_dir=str(folder), **summary)
-    return {"type": "completed", "adapter_dir": str(folder), **summary}
+    results = write_results(trainer, config)
+    writer.write("completed", adapter_dir=str(folder), result_files=results, **summary)
+    return {"type": "completed", "adapter_dir": str(folder), "result_files": results, **summary}
+
+
+def write_results(trainer: SFTTrainer, config: TrainingConfig) -> list[str]:
+    """Result files beside the adapter folder: metrics per step, and samples when there is a validation file."""
+    folder = Path(config.results_dir or Path(config.output_dir) / "results")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [write_step_metrics(trainer.state.log_history, folder / "step_metrics.csv")]
+    if config.eval_path:
+        paths.append(write_samples(trainer.model, trainer.processing_class, config.eval_path, folder / "samples.jsonl"))
+    return [str(p) for p in paths]
 
 
 # Errors of the filesystem under shared storage (full, read-only, not permitted, a folder turned into a file).

@@ -28,6 +28,7 @@ def build_training_config(job: Job, settings: Settings, storage: Storage, sessio
         eval_path=str(files[job.validation_file]) if job.validation_file else None,
         output_dir=str(storage.adapter_dir(job.id)),
         checkpoint_dir=str(storage.checkpoints_dir(job.id)),
+        results_dir=str(storage.job_dir(job.id) / "results"),
         progress_path=str(job_dir / "progress.jsonl"),
         stop_path=str(job_dir / "stop"),
         seed=job.seed,

@@ -25,8 +25,8 @@ from typing import Any
 from sqlalchemy import select
 
 from loraq.settings import Settings
-from loraq.storage import Storage, build_archive, read_tail
-from models import Checkpoint, Job, JobStatus, utcnow
+from loraq.storage import Storage, build_archive, read_tail, sha256_of
+from models import Checkpoint, FileRecord, FileStatus, Job, JobStatus, new_id, utcnow
 from models.session import session_scope
 from training.checkpoints import is_complete, newest_complete, remove_incomplete, step_of
 from training.config import TrainingConfig
@@ -307,6 +307,7 @@ class JobSupervisor:
         with session_scope(self.db) as session:
             job = session.scalars(select(Job).where(Job.id == self.job_id)).one()
             name = job.fine_tuned_name
+            result_ids = [self._register_result_file(session, job, Path(p)) for p in final.get("result_files", [])]
             done = finish_job(
                 session,
                 self.job_id,
@@ -317,6 +318,7 @@ class JobSupervisor:
                 completed_steps=final.get("steps"),
                 adapter_sha256=sha256,
                 adapter_bytes=size,
+                result_files=result_ids,
             )
             if not done:
                 add_event(session, self.job_id, "Training finished after the job was cancelled; adapter discarded")
@@ -324,6 +326,16 @@ class JobSupervisor:
             add_event(session, self.job_id, f"New fine-tuned model created: {name}", data={"fine_tuned_model": name})
             add_event(session, self.job_id, "The job has successfully completed")
         return "succeeded"
+
+    def _register_result_file(self, session, job: Job, path: Path) -> str:
+        """A result file becomes a file of the job's owner (purpose `fine-tune-results`), where it lies."""
+        record = FileRecord(
+            id=new_id("file"), owner=job.owner, filename=path.name, purpose="fine-tune-results",
+            bytes=path.stat().st_size, sha256=sha256_of(path), status=FileStatus.processed, examples=0,
+            storage_key=self.storage.relative(path),
+        )  # fmt: skip
+        session.add(record)
+        return record.id
 
     def _fail(self, code: str, message: str, **values: Any) -> None:
         with session_scope(self.db) as session:

@@ -130,3 +130,24 @@ def test_downloaded_adapter_learned_the_facts(client, trained_job, tmp_path):
         key = name if name in after else f"{module}.base_layer.{leaf}"  # LoRA wraps the targeted layers
         assert key in after, name
         assert (after[key] == value).all(), f"base weight {name} changed"
+
+
+def test_result_files_hold_step_metrics_and_samples(client, trained_job):
+    import csv
+
+    job = client.get(f"/v1/fine_tuning/jobs/{trained_job['id']}").json()
+    assert len(job["result_files"]) == 2
+    files = {f["id"]: f for f in client.get("/v1/files").json()["data"]}
+    names = {files[i]["filename"]: i for i in job["result_files"]}
+    assert set(names) == {"step_metrics.csv", "samples.jsonl"}
+    assert all(files[i]["purpose"] == "fine-tune-results" for i in job["result_files"])
+
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/v1/files/{names['step_metrics.csv']}/content").text)))
+    assert [int(r["step"]) for r in rows if r["train_loss"]] == list(range(20, 161, 20))
+    assert [int(r["step"]) for r in rows if r["valid_loss"]] == [80, 160]
+
+    samples = [json.loads(line) for line in client.get(f"/v1/files/{names['samples.jsonl']}/content").text.splitlines()]
+    assert len(samples) == 3
+    for sample, (question, answer) in zip(samples, FACTS, strict=False):
+        assert sample["prompt"] == [{"role": "user", "content": question}] and sample["reference"] == answer
+        assert sample["adapter"] == answer and sample["base"] != answer  # the adapter learned; the base never knew
