@@ -17,7 +17,7 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -56,9 +56,7 @@ def worker_identity(node: str | None = None) -> str:
 
 @dataclass
 class RunOutcome:
-    final: dict[str, Any] | None = None
-    records: list[dict[str, Any]] = field(default_factory=list)
-    stop_requested: str | None = None
+    final: dict[str, Any] | None = None  # the child's last record: completed, stopped or failed
 
 
 # Set when Celery begins a warm shutdown (SIGTERM): the running job checkpoints and goes back to the queue.
@@ -172,7 +170,6 @@ class JobSupervisor:
                     if reason:
                         request_stop(stop_path, reason)
                         stop_asked_at = time.monotonic()
-                        outcome.stop_requested = reason
                         logger.info("job %s: asked the training process to stop (%s)", self.job_id, reason)
                 if renew_due:
                     last_renew = time.monotonic()
@@ -234,7 +231,6 @@ class JobSupervisor:
                     )
                 elif kind in ("completed", "stopped", "failed"):
                     outcome.final = record
-                outcome.records.append(record)
 
     # ------------------------------------------------------------------ outcome
     def _record_outcome(self, returncode: int, outcome: RunOutcome, log_path: Path) -> str:
