@@ -71,6 +71,7 @@ class JobSupervisor:
         self.storage = Storage(settings.resolved_storage_root)
         self.worker_id = worker_identity(node)
         self.deadline: datetime | None = None
+        self.time_limit: int | None = None  # seconds, from the job's first start
         self.attempt = 0
 
     # ------------------------------------------------------------------ entry point
@@ -120,7 +121,8 @@ class JobSupervisor:
         limits = [x for x in (self.settings.max_job_seconds, job.max_runtime_seconds) if x]
         if not limits or job.first_started_at is None:
             return None
-        return job.first_started_at + timedelta(seconds=min(limits))
+        self.time_limit = min(limits)
+        return job.first_started_at + timedelta(seconds=self.time_limit)
 
     def _resume_point(self) -> str | None:
         """The newest complete checkpoint of an earlier attempt; half-written ones are deleted."""
@@ -244,10 +246,9 @@ class JobSupervisor:
                     f"Worker {self.worker_id} is shutting down: checkpointed at step {final.get('steps')} and re-queued"
                 )
             if reason == "deadline":
-                limit = int((self.deadline - self._first_started()).total_seconds()) if self.deadline else 0
                 self._fail(
                     "time_limit_exceeded",
-                    f"The job ran past its {limit}-second run-time limit; "
+                    f"The job ran past its {self.time_limit}-second run-time limit; "
                     f"stopped at step {final.get('steps')} after a final checkpoint.",
                     completed_steps=final.get("steps"),
                     trained_tokens=final.get("trained_tokens"),
@@ -279,10 +280,6 @@ class JobSupervisor:
             f"{self.settings.max_attempts}).{hint} Log tail: {read_tail(log_path, 600)}",
         )
         return "failed"
-
-    def _first_started(self) -> datetime:
-        with session_scope(self.db) as session:
-            return session.scalars(select(Job.first_started_at).where(Job.id == self.job_id)).one()
 
     def _hand_back(self, message: str) -> str:
         """Release the job to the queue (keeping its checkpoints) and send it again."""
