@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql
 from api.auth import Principal
 from api.deps import visible_to
 from api.errors import not_found
-from api.pagination import page_after
+from api.pagination import page_after, unknown_cursor
 from api.schemas import JobPublic, JobsPublic
 from models import Job, JobStatus
 from models.session import read_connection
@@ -162,9 +162,7 @@ class JobReader:
         else:
             cursor = await self._fetch(principal, "cursor", after=after)
             if not cursor:
-                from api.errors import APIError
-
-                raise APIError(400, f"Unknown cursor '{after}'.", param="after", code="invalid_cursor")
+                raise unknown_cursor(after)
             rows = await self._fetch(principal, "next_page", cursor=cursor[0]["seq"], limit=limit + 1)
         data = [JobPublic.of(_as_job(row)) for row in rows[:limit]]
         return JobsPublic(data=data, has_more=len(rows) > limit).model_dump_json().encode()

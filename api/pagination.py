@@ -16,9 +16,13 @@ def page_after(db: Session | Connection, query: Select, model, after: str | None
     if after is not None:
         cursor = db.execute(select(model.seq).where(model.id == after)).scalar()
         if cursor is None:
-            raise APIError(400, f"Unknown cursor '{after}'.", param="after", code="invalid_cursor")
+            raise unknown_cursor(after)
         query = query.where(model.seq < cursor if descending else model.seq > cursor)
     query = query.order_by(model.seq.desc() if descending else model.seq.asc()).limit(limit + 1)
     result = db.execute(query)
     rows = list(result.scalars() if isinstance(db, Session) else result)
     return rows[:limit], len(rows) > limit
+
+
+def unknown_cursor(after: str) -> APIError:
+    return APIError(400, f"Unknown cursor '{after}'.", param="after", code="invalid_cursor")
