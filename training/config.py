@@ -51,6 +51,10 @@ class Hyperparameters(BaseModel):
     save_steps: int = Field(100, ge=1, le=1_000_000, description="Optimizer steps between checkpoints")
     logging_steps: int = Field(10, ge=1, le=1_000_000, description="Optimizer steps between metrics events")
     train_on_inputs: bool = Field(False, description="Also train on prompt tokens (default: assistant only)")
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="Recompute activations in backward; auto: only when they would crowd device memory"
+    )
+    load_in_4bit: bool = Field(False, description="QLoRA: NF4 base weights through bitsandbytes (CUDA workers only)")
 
     @model_validator(mode="before")
     @classmethod

@@ -45,9 +45,14 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     return full, spans
 
 
-def tokenize_with_mask(tokenizer, messages: list[dict], max_length: int | None = None) -> dict[str, list[int]]:
+def tokenize_with_mask(
+    tokenizer, messages: list[dict], max_length: int | None = None, train_on_inputs: bool = False
+) -> dict[str, list[int]]:
     """`input_ids` of the rendered conversation and `labels` with everything but the assistant replies
-    (and their end-of-turn tokens) set to -100."""
+    (and their end-of-turn tokens) set to -100; every token is a label with `train_on_inputs`."""
+    if train_on_inputs:
+        input_ids = tokenizer(_render(tokenizer, messages, False), add_special_tokens=False)["input_ids"][:max_length]
+        return {"input_ids": input_ids, "labels": list(input_ids)}
     text, spans = assistant_spans(tokenizer, messages)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = encoded["input_ids"]

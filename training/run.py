@@ -2,10 +2,11 @@
 
     python -m training.run --config job.json
 
-This is the seed document's script done right on TRL 1.x / transformers 5.x: conversational rows go to
-TRL as `messages`, the loss covers assistant tokens (and their end-of-turn token) unless
-`train_on_inputs`, bf16 only on a GPU that has it, no paged optimizer, and the adapter folder is written
-under a temporary name and renamed into place with a `loraq.json` beside the weights.
+This is the seed document's script done right on TRL 1.x / transformers 5.x: the loss covers assistant
+tokens (and their end-of-turn token) of any chat template unless `train_on_inputs`, batches carry no
+padding and attention stays inside each example, activation checkpointing only when memory needs it,
+bf16 only on a GPU that has it, no paged optimizer, and the adapter folder is written under a temporary
+name and renamed into place with a `loraq.json` beside the weights.
 """
 
 from __future__ import annotations
@@ -24,13 +25,21 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-from trl import SFTConfig, SFTTrainer
-from trl.chat_template_utils import has_generation_markers
+from trl import SFTConfig
 
 from loraq.dataset_format import read_examples
 from loraq.storage import sha256_of, staged_directory
+from training.attention import pick_attention_implementation
 from training.config import TrainingConfig
+from training.hardware import (
+    HardwareError,
+    fused_kernels_available,
+    pick_precision,
+    quantization_config,
+    use_gradient_checkpointing,
+)
 from training.loss_masks import MaskError, tokenize_with_mask
+from training.packing import PackedSFTTrainer, token_budget
 from training.progress import ProgressCallback, ProgressWriter
 from training.results import write_samples, write_step_metrics
 from training.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
@@ -49,65 +58,65 @@ def resolve_base_model(config: TrainingConfig) -> str:
     return config.base_model
 
 
-def pick_precision() -> dict:
-    """bf16 on a GPU that supports it, fp16 on an older GPU, float32 on a CPU."""
-    if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
-            return {"dtype": torch.bfloat16, "bf16": True, "fp16": False, "optim": "adamw_torch_fused"}
-        return {"dtype": torch.float16, "bf16": False, "fp16": True, "optim": "adamw_torch_fused"}
-    return {"dtype": torch.float32, "bf16": False, "fp16": False, "optim": "adamw_torch"}
-
-
-def load_conversations(path: str) -> Dataset:
-    """Chat rows as TRL conversations; each message gets an explicit `weight` so the columns line up."""
-    rows = []
-    for example in read_examples(path):
-        messages = [
-            {"role": m["role"], "content": m["content"], "weight": int(m.get("weight", 1))} for m in example["messages"]
-        ]
-        rows.append({"messages": messages})
-    return Dataset.from_list(rows)
-
-
-def load_masked(path: str, tokenizer, max_length: int) -> Dataset:
-    """Chat rows tokenized with assistant-only labels (see training.loss_masks)."""
+def load_examples(path: str, tokenizer, hp) -> Dataset:
+    """Chat rows tokenized with their labels: assistant replies only (see training.loss_masks) unless
+    `train_on_inputs`, truncated to `max_seq_length`."""
     rows = []
     for number, example in enumerate(read_examples(path), start=1):
         try:
-            rows.append(tokenize_with_mask(tokenizer, example["messages"], max_length))
+            rows.append(tokenize_with_mask(tokenizer, example["messages"], hp.max_seq_length, hp.train_on_inputs))
         except MaskError as exc:
             raise MaskError(f"{Path(path).name}, example {number}: {exc}") from None
     return Dataset.from_list(rows)
 
 
+def load_model(config: TrainingConfig, model_path: str, precision: dict):
+    """The base model on this worker's hardware: dtype, attention for packed rows, 4-bit weights if asked,
+    fused kernels where installed (and loadable offline)."""
+    kwargs = {
+        "dtype": precision["dtype"],
+        "trust_remote_code": config.trust_remote_code,
+        "attn_implementation": pick_attention_implementation(torch.cuda.is_available()),
+    }
+    quantization = quantization_config(config.hyperparameters.load_in_4bit, precision["dtype"])
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    if fused_kernels_available():
+        try:
+            return AutoModelForCausalLM.from_pretrained(model_path, use_kernels=True, **kwargs)
+        except Exception as exc:  # a kernel missing from the local Hub cache must not fail the job
+            logger.warning("fused kernels unavailable (%s); training without them", exc)
+    return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+
+
 # --------------------------------------------------------------------------- trainer
 
 
-def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCallback) -> SFTTrainer:
+def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCallback) -> PackedSFTTrainer:
     hp = config.hyperparameters
     precision = pick_precision()
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=precision["dtype"], trust_remote_code=config.trust_remote_code
-    )
-    # Assistant-only loss: TRL derives the mask from `{% generation %}` markers where the template has
-    # them (the built-in model's does); for any other template the mask is derived here by incremental
-    # rendering and the rows go to TRL already tokenized, with their labels.
-    derive_masks = not hp.train_on_inputs and not has_generation_markers(tokenizer.chat_template)
-    load = (lambda path: load_masked(path, tokenizer, hp.max_seq_length)) if derive_masks else load_conversations
-    train_ds = load(config.train_path)
-    eval_ds = load(config.eval_path) if config.eval_path else None
+    model = load_model(config, model_path, precision)
+    # Every row is tokenized here with its labels (assistant-only masks for any template), so TRL gets
+    # finished examples; its padding-free collator concatenates each optimizer step's examples and
+    # PackedSFTTrainer cuts them into micro-batches of at most `budget` tokens (training.packing).
+    train_ds = load_examples(config.train_path, tokenizer, hp)
+    eval_ds = load_examples(config.eval_path, tokenizer, hp) if config.eval_path else None
+    budget = token_budget([len(ids) for ids in train_ds["input_ids"]], hp.batch_size)
+    checkpointing = use_gradient_checkpointing(hp.gradient_checkpointing, model.config, budget, precision["dtype"])
     args = SFTConfig(
         output_dir=config.checkpoint_dir,
-        max_length=hp.max_seq_length,
+        max_length=None,  # truncated to max_seq_length while tokenizing
         packing=False,
+        padding_free=True,
         num_train_epochs=hp.n_epochs,
-        per_device_train_batch_size=hp.batch_size,
+        per_device_train_batch_size=hp.batch_size * hp.gradient_accumulation_steps,  # one optimizer step
         per_device_eval_batch_size=hp.batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        gradient_accumulation_steps=1,
+        activation_checkpointing=checkpointing,
         learning_rate=hp.effective_learning_rate,
         lr_scheduler_type=hp.lr_scheduler_type,
         warmup_steps=hp.warmup_ratio,  # a float below 1 is a ratio of the total steps in transformers 5
@@ -121,7 +130,6 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         logging_steps=hp.logging_steps,
         seed=config.seed,
         data_seed=config.seed,
-        assistant_only_loss=not hp.train_on_inputs and not derive_masks,
         include_num_input_tokens_seen="non_padding",
         report_to="none",
         disable_tqdm=True,
@@ -136,7 +144,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         task_type="CAUSAL_LM",
         target_modules=hp.target_modules,
     )
-    trainer = SFTTrainer(
+    trainer = PackedSFTTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -144,6 +152,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[callback],
+        token_budget=budget,
     )
     trainer.remove_callback(PrinterCallback)  # our ProgressCallback reports the same, readably
     return trainer
@@ -168,7 +177,7 @@ def library_versions() -> dict:
     }
 
 
-def save_adapter(trainer: SFTTrainer, config: TrainingConfig, summary: dict) -> Path:
+def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dict) -> Path:
     """Write adapter, tokenizer, chat template and loraq.json to a temporary folder, then rename it."""
     final = Path(config.output_dir)
     # `loraq train --output_dir` keeps the seed's layout (checkpoints beside the adapter), so an existing
@@ -220,7 +229,7 @@ def train(config: TrainingConfig) -> dict:
     return {"type": "completed", "adapter_dir": str(folder), "result_files": results, **summary}
 
 
-def write_results(trainer: SFTTrainer, config: TrainingConfig) -> list[str]:
+def write_results(trainer: PackedSFTTrainer, config: TrainingConfig) -> list[str]:
     """Result files beside the adapter folder: metrics per step, and samples when there is a validation file."""
     folder = Path(config.results_dir or Path(config.output_dir) / "results")
     folder.mkdir(parents=True, exist_ok=True)
@@ -250,6 +259,8 @@ def describe_failure(exc: BaseException) -> dict:
             "message": f"Cannot train on assistant tokens only: {exc}. "
             "Set hyperparameters.train_on_inputs to true to train on whole conversations.",
         }
+    if isinstance(exc, HardwareError):
+        return {"code": "unsupported_hardware", "message": str(exc)}
     if isinstance(exc, torch.OutOfMemoryError | MemoryError):
         return {
             "code": "out_of_memory",

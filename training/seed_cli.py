@@ -37,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora_alpha", type=float, default=defaults.lora_alpha, help="LoRA alpha")
     p.add_argument("--lora_dropout", type=float, default=defaults.lora_dropout, help="LoRA dropout")
     p.add_argument("--train_on_inputs", action="store_true", help="Also train on prompt tokens")
+    p.add_argument(
+        "--gradient_checkpointing",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="Recompute activations in backward (auto: only when memory needs it)",
+    )
+    p.add_argument("--load_in_4bit", action="store_true", help="QLoRA: 4-bit base weights (CUDA only)")
     p.add_argument("--trust_remote_code", action="store_true", help="Allow the model's own Python code to run")
     p.add_argument("--model_cache_dir", default=None, help="Where loraq-tiny-chat is generated")
     return p
@@ -66,6 +73,8 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
             save_steps=args.save_steps,
             logging_steps=args.logging_steps,
             train_on_inputs=args.train_on_inputs,
+            gradient_checkpointing={"true": True, "false": False}.get(args.gradient_checkpointing, "auto"),
+            load_in_4bit=args.load_in_4bit,
         ),
     )
 

@@ -1,0 +1,83 @@
+"""Padding-free optimizer steps, split into micro-batches by a token budget.
+
+The seed recipe's optimizer step is `batch_size x gradient_accumulation_steps` examples, each forward pass
+one padded batch of `batch_size`. loraq keeps the step (same examples per step, same loss: the sum over
+supervised tokens divided by the step's supervised-token count) but feeds it differently: the step's
+examples are concatenated without padding (TRL's padding-free collator; attention stays inside each
+example, see training.attention) and cut, at example boundaries, into micro-batches of at most
+`token_budget` tokens. The budget is what one padded forward pass of the unpacked recipe holds at its
+largest (`batch_size` times the longest example), so activation memory does not grow, while short
+examples share a forward pass instead of each paying for one.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+from trl import SFTTrainer
+
+ROW_KEYS = ("input_ids", "labels", "position_ids", "seq_idx", "shift_labels")
+SPAN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k")
+LENGTH_KEYS = ("max_length_q", "max_length_k")
+
+
+def token_budget(lengths: list[int], batch_size: int) -> int:
+    """Tokens one micro-batch may hold: a padded batch of the longest examples."""
+    return batch_size * max(lengths, default=1)
+
+
+def split_packed_batch(batch: dict[str, Any], budget: int) -> list[dict[str, Any]]:
+    """Cut one padding-free batch (a single row of concatenated examples) into rows of <= `budget` tokens.
+
+    An example is never split; one longer than the budget gets a micro-batch of its own.
+    """
+    bounds = [int(b) for b in batch["cu_seq_lens_q"].tolist()]
+    if bounds[-1] <= budget:
+        return [batch]
+    groups, start = [], 0
+    for index in range(1, len(bounds)):
+        if bounds[index] - bounds[start] > budget and index - 1 > start:
+            groups.append((start, index - 1))
+            start = index - 1
+    groups.append((start, len(bounds) - 1))
+    return [_slice(batch, bounds[first : last + 1]) for first, last in groups]
+
+
+def _slice(batch: dict[str, Any], bounds: list[int]) -> dict[str, Any]:
+    begin, end = bounds[0], bounds[-1]
+    part: dict[str, Any] = {}
+    for key, value in batch.items():
+        if key in ROW_KEYS:
+            part[key] = value[:, begin:end]
+        elif key in SPAN_KEYS:
+            part[key] = torch.tensor([b - begin for b in bounds], dtype=value.dtype, device=value.device)
+        elif key in LENGTH_KEYS:
+            part[key] = max(right - left for left, right in itertools.pairwise(bounds))
+        else:
+            part[key] = value
+    if "seq_idx" in part:
+        part["seq_idx"] = part["seq_idx"] - part["seq_idx"][:, :1]
+    return part
+
+
+class PackedSFTTrainer(SFTTrainer):
+    """SFTTrainer whose training step is one optimizer step's examples, run as token-budgeted micro-batches.
+
+    `num_items_in_batch` (the step's supervised tokens) normalises every micro-batch's loss, so the
+    gradients add up to exactly the step's token-mean loss, as with gradient accumulation.
+    """
+
+    def __init__(self, *args, token_budget: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.token_budget = token_budget
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if "cu_seq_lens_q" not in inputs:
+            return super().training_step(model, inputs, num_items_in_batch)
+        total = None
+        for micro_batch in split_packed_batch(inputs, self.token_budget):
+            loss = super().training_step(model, micro_batch, num_items_in_batch)
+            total = loss if total is None else total + loss
+        return total
