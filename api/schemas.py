@@ -59,6 +59,9 @@ class FilePublic(BaseModel):
     expires_at: int | None = None
     sha256: str
     examples: int
+    token_reports: dict[str, Any] | None = Field(
+        None, description="Per base model: examples, tokens, long and skipped examples (from job validation)"
+    )
 
     @classmethod
     def of(cls, record: FileRecord) -> FilePublic:
@@ -72,6 +75,7 @@ class FilePublic(BaseModel):
             status_details=record.status_details,
             sha256=record.sha256,
             examples=record.examples,
+            token_reports=record.token_reports,
         )
 
 
@@ -186,6 +190,7 @@ class JobPublic(BaseModel):
     integrations: list[Any] = Field(default_factory=list)
     total_steps: int | None = None
     completed_steps: int = 0
+    estimated_tokens: int | None = None
 
     @classmethod
     def of(cls, job: Job) -> JobPublic:
@@ -210,6 +215,7 @@ class JobPublic(BaseModel):
             estimated_finish=unix(job.estimated_finish),
             total_steps=job.total_steps,
             completed_steps=job.completed_steps,
+            estimated_tokens=job.estimated_tokens,
         )
 
 

@@ -32,6 +32,13 @@ def _cmd_worker(args) -> int:
     os.execv(sys.executable, worker_command(queues, args.name))
 
 
+def _cmd_validator(args) -> int:
+    from loraq.launch import validator_command
+    from loraq.settings import get_settings
+
+    os.execv(sys.executable, validator_command(get_settings().validation_queue, args.name, args.concurrency))
+
+
 def _cmd_migrate(args) -> int:
     from loraq.migrate import upgrade
     from loraq.settings import get_settings
@@ -91,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loraq", description="Self-hosted OpenAI-compatible LoRA fine-tuning")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", help="Run everything on this machine (SQLite, embedded Redis, API, one worker)")
+    up = commands.add_parser(
+        "up", help="Run everything on this machine (SQLite, embedded Redis, API, a validator, one worker)"
+    )
     up.add_argument("--host", default="127.0.0.1", help="Address the API listens on")
     up.add_argument("--port", type=int, default=8000, help="Port the API listens on")
     up.add_argument(
@@ -117,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(func=_cmd_worker)
 
+    validator = commands.add_parser(
+        "validator", help="Run a validator: tokenizes new jobs' files before they are queued (no GPU needed)"
+    )
+    validator.add_argument("--name", default="validator", help="Validator name (Celery node name prefix)")
+    validator.add_argument("--concurrency", type=int, default=2, help="Jobs validated at once")
+    validator.set_defaults(func=_cmd_validator)
     migrate = commands.add_parser("migrate", help="Apply the database migrations")
     migrate.add_argument("--revision", default="head", help="Target revision")
     migrate.set_defaults(func=_cmd_migrate)

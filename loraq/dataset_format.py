@@ -122,11 +122,14 @@ def check_file(
     return report
 
 
-def read_examples(path: str | Path) -> list[dict]:
-    """All examples of a file, raising DatasetFormatError at the first invalid line."""
-    examples = []
+def read_numbered_examples(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, example) for every example of a file, raising DatasetFormatError at an invalid line."""
     for number, raw in _lines(Path(path)):
         example = parse_line(number, raw)
         if example is not None:
-            examples.append(example)
-    return examples
+            yield number, example
+
+
+def read_examples(path: str | Path) -> list[dict]:
+    """All examples of a file, raising DatasetFormatError at the first invalid line."""
+    return [example for _, example in read_numbered_examples(path)]

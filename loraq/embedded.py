@@ -1,7 +1,7 @@
 """`loraq up`: everything on one machine, no other setup.
 
 Starts an embedded Redis, applies the migrations to the SQLite database, makes sure an API key exists,
-then runs the API (uvicorn) and one worker (Celery) as child processes sharing one data folder.
+then runs the API (uvicorn), one validator and one worker (Celery) as child processes sharing one data folder.
 Ctrl-C (or SIGTERM) stops all of it.
 """
 
@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from loraq.embedded_redis import start_redis
-from loraq.launch import api_command, spawn, worker_command
+from loraq.launch import api_command, spawn, validator_command, worker_command
 from loraq.migrate import upgrade
 from loraq.settings import Settings
 
@@ -94,6 +94,7 @@ def run_embedded(host: str, port: int, data_dir: Path) -> int:
         key = bootstrap_api_key(settings)
         env = dict(os.environ, LORAQ_DATA_DIR=str(data_dir))
         processes.append(spawn(worker_command(settings.queue), env))
+        processes.append(spawn(validator_command(settings.validation_queue, concurrency=1), env))
         processes.append(spawn(api_command(host, port), env))
         base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         wait_healthy(f"{base}/healthz", processes)

@@ -1,5 +1,5 @@
-"""The commands that start loraq's long-running processes, shared by `loraq up`, `loraq api` and
-`loraq worker`."""
+"""The commands that start loraq's long-running processes, shared by `loraq up`, `loraq api`,
+`loraq worker` and `loraq validator`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,15 @@ def worker_command(queues: str, name: str = "worker") -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
         "--pool", "solo", "--concurrency", "1", "--queues", queues, "--hostname", f"{name}@%h",
+        "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+
+
+def validator_command(queue: str, name: str = "validator", concurrency: int = 2) -> list[str]:
+    """A Celery worker for the validating_files stage: threads, tokenizers only (no training, no GPU)."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
+        "--pool", "threads", "--concurrency", str(concurrency), "--queues", queue, "--hostname", f"{name}@%h",
         "--loglevel", "INFO", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
 

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="Redis URL; default: the embedded Redis socket")
     storage_root: Path | None = Field(None, description="Shared storage folder; default: data_dir/storage")
     queue: str = Field("loraq", description="Broker queue that jobs are sent to and workers listen on")
+    validation_queue: str = Field(
+        "loraq.validation", description="Broker queue of the validating_files stage (`loraq validator` listens)"
+    )
+    min_training_examples: int = Field(
+        1, ge=1, description="Fewest usable examples (with assistant tokens to learn from) a training file needs"
+    )
     base_models: dict[str, BaseModelEntry] = Field(
         default_factory=dict,
         description='Extra base models as JSON: {"name": {"source": "org/model", "trust_remote_code": false}}',

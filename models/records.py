@@ -62,6 +62,8 @@ class FileRecord(Base):
     status: Mapped[FileStatus] = mapped_column(_enum(FileStatus, "file_status"))
     status_details: Mapped[str | None] = mapped_column(Text, nullable=True)
     examples: Mapped[int] = mapped_column(Integer, default=0)
+    # Token figures per base model, from the validating_files stage of jobs (training.data_report).
+    token_reports: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     storage_key: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -87,6 +89,7 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     fine_tuned_model: Mapped[str | None] = mapped_column(String(255), nullable=True, unique=True)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    estimated_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # from validating_files
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completed_steps: Mapped[int] = mapped_column(Integer, default=0)
     tokens_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -115,7 +115,7 @@ def embedded(folder: Path, extra_env: dict[str, str]) -> Deployment:
 
 
 def production(folder: Path, extra_env: dict[str, str], workers: int = 1) -> Deployment:
-    """PostgreSQL and redis-server, `loraq migrate`, `loraq api --workers 2`, and `workers` workers."""
+    """PostgreSQL and redis-server, `loraq migrate`, `loraq api --workers 2`, a validator and `workers` workers."""
     postgres = PostgresServer().start()
     redis = RedisServer(folder / "redis").start()
     env = base_environment(
@@ -136,6 +136,7 @@ def production(folder: Path, extra_env: dict[str, str], workers: int = 1) -> Dep
     deployment.start_process(
         "api", loraq("api", "--host", "127.0.0.1", "--port", str(deployment.port), "--workers", "2")
     )
+    deployment.start_process("validator", loraq("validator"))
     for index in range(workers):
         deployment.start_process(f"worker{index + 1}", loraq("worker", "--name", f"w{index + 1}"))
     deployment.wait_ready()

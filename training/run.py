@@ -27,7 +27,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from trl import SFTConfig
 
-from loraq.dataset_format import read_examples
+from loraq.dataset_format import read_numbered_examples
 from loraq.storage import sha256_of, staged_directory
 from training.attention import pick_attention_implementation
 from training.config import TrainingConfig
@@ -38,7 +38,7 @@ from training.hardware import (
     quantization_config,
     use_gradient_checkpointing,
 )
-from training.loss_masks import MaskError, tokenize_with_mask
+from training.loss_masks import IGNORE_INDEX, MaskError, tokenize_with_mask
 from training.packing import PackedSFTTrainer, token_budget
 from training.progress import ProgressCallback, ProgressWriter
 from training.results import write_samples, write_step_metrics
@@ -60,13 +60,16 @@ def resolve_base_model(config: TrainingConfig) -> str:
 
 def load_examples(path: str, tokenizer, hp) -> Dataset:
     """Chat rows tokenized with their labels: assistant replies only (see training.loss_masks) unless
-    `train_on_inputs`, truncated to `max_seq_length`."""
+    `train_on_inputs`, truncated to `max_seq_length`; rows left with no supervised token are skipped, as
+    the validation report (training.data_report) says."""
     rows = []
-    for number, example in enumerate(read_examples(path), start=1):
+    for line, example in read_numbered_examples(path):
         try:
-            rows.append(tokenize_with_mask(tokenizer, example["messages"], hp.max_seq_length, hp.train_on_inputs))
+            row = tokenize_with_mask(tokenizer, example["messages"], hp.max_seq_length, hp.train_on_inputs)
         except MaskError as exc:
-            raise MaskError(f"{Path(path).name}, example {number}: {exc}") from None
+            raise MaskError(f"{Path(path).name}, line {line}: {exc}") from None
+        if any(label != IGNORE_INDEX for label in row["labels"][1:]):  # else nothing to learn: skipped
+            rows.append(row)
     return Dataset.from_list(rows)
 
 

@@ -7,10 +7,11 @@ from celery import Celery
 from loraq.settings import get_settings
 
 RUN_JOB_TASK = "loraq.run_job"
+VALIDATE_JOB_TASK = "loraq.validate_job"
 
 
 def make_celery(broker_url: str, queue: str) -> Celery:
-    app = Celery("loraq", broker=broker_url, include=["worker.tasks"])
+    app = Celery("loraq", broker=broker_url, include=["worker.tasks", "worker.validation"])
     app.conf.update(
         task_default_queue=queue,
         task_ignore_result=True,  # the database holds every outcome
@@ -31,6 +32,11 @@ def make_celery(broker_url: str, queue: str) -> Celery:
 def send_job(job_id: str, queue: str) -> None:
     """Send a job id to its queue; callers commit the job row first."""
     celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
+
+
+def send_validation(job_id: str, queue: str | None = None) -> None:
+    """Send a new job to the validators (`loraq validator`); callers commit the job row first."""
+    celery_app.send_task(VALIDATE_JOB_TASK, args=[job_id], queue=queue or get_settings().validation_queue)
 
 
 _settings = get_settings()

@@ -6,7 +6,9 @@ repair is a conditional update, so any number of reconcilers can run at once:
 - a `running` job whose lease expired (its worker died) goes back to `queued` and is sent again, or
   fails once it has used up its attempts;
 - a `queued` job that has waited longer than `requeue_after_seconds` and whose message is not in the
-  broker's queue (the broker was down at submit time, or Redis restarted without its data) is sent again.
+  broker's queue (the broker was down at submit time, or Redis restarted without its data) is sent again;
+  so is a job in `validating_files` whose validation message is lost (a validator that dies mid-way
+  leaves it to be validated again: every outcome of a validation is a conditional update).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy import select, update
 from loraq.settings import Settings
 from models import Job, JobStatus, utcnow
 from models.session import session_scope
-from worker.celery_app import celery_app, send_job
+from worker.celery_app import celery_app, send_job, send_validation
 from worker.claims import add_event
 
 logger = logging.getLogger("loraq.reconciler")
@@ -94,19 +96,23 @@ class Reconciler:
 
     # ---------------------------------------------------------------- lost messages
     def resend_missing_messages(self) -> list[str]:
+        """Jobs waiting for validation or for a worker whose message the broker no longer holds."""
+        validation = self.settings.validation_queue
+        return self._resend(JobStatus.validating_files, lambda _queue: validation, send_validation) + self._resend(
+            JobStatus.queued, lambda queue: queue, send_job
+        )
+
+    def _resend(self, status: JobStatus, queue_of, send) -> list[str]:
         now = utcnow()
         cutoff = now - timedelta(seconds=self.settings.requeue_after_seconds)
         with session_scope(self.db) as session:
             stale = session.execute(
-                select(Job.id, Job.queue, Job.enqueued_at).where(
-                    Job.status == JobStatus.queued, Job.enqueued_at < cutoff
-                )
+                select(Job.id, Job.queue, Job.enqueued_at).where(Job.status == status, Job.enqueued_at < cutoff)
             ).all()
-        if not stale:
-            return []
         waiting: dict[str, set[str]] = {}
         resent = []
-        for job_id, queue, enqueued_at in stale:
+        for job_id, job_queue, enqueued_at in stale:
+            queue = queue_of(job_queue)
             if queue not in waiting:
                 waiting[queue] = job_ids_in_queue(queue)
             if job_id in waiting[queue]:
@@ -114,14 +120,14 @@ class Reconciler:
             with session_scope(self.db) as session:
                 result = session.execute(
                     update(Job)
-                    .where(Job.id == job_id, Job.status == JobStatus.queued, Job.enqueued_at == enqueued_at)
+                    .where(Job.id == job_id, Job.status == status, Job.enqueued_at == enqueued_at)
                     .values(enqueued_at=now)
                     .execution_options(synchronize_session=False)
                 )
                 if result.rowcount != 1:
                     continue
                 add_event(session, job_id, "Job message was missing from the broker; sent again")
-            send_job(job_id, queue)
+            send(job_id, queue)
             resent.append(job_id)
         return resent
 

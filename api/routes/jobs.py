@@ -27,7 +27,7 @@ from api.schemas import (
 from loraq.base_models import find_model
 from loraq.storage import ChecksumVerifier, Storage
 from models import Checkpoint, FileRecord, FileStatus, Job, JobEvent, JobStatus, new_id, utcnow
-from worker.celery_app import send_job
+from worker.celery_app import send_validation
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 logger = logging.getLogger("loraq.api")
@@ -87,7 +87,8 @@ def create_job(
     body: JobCreate, session: SessionDep, principal: CurrentOwner, settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ):  # fmt: skip
-    """Create a LoRA SFT job; it is queued once its row is committed."""
+    """Create a LoRA SFT job. It starts in `validating_files` (its files are tokenized with the base model's
+    tokenizer by a validator) and is queued from there, or fails with the reason."""
     record = None
     if idempotency_key:
         claimed = claim_key(session, principal.owner, "jobs", idempotency_key, fingerprint(body.model_dump()))
@@ -117,7 +118,7 @@ def create_job(
         suffix=body.suffix,
         seed=DEFAULT_SEED if body.seed is None else body.seed,
         user_metadata=body.metadata,
-        status=JobStatus.queued,
+        status=JobStatus.validating_files,
         queue=entry.queue or settings.queue,
         enqueued_at=utcnow(),
         max_runtime_seconds=body.max_runtime_seconds,
@@ -125,11 +126,10 @@ def create_job(
     session.add(job)
     session.flush()
     _add_event(session, job.id, f"Created fine-tuning job: {job.id}")
-    _add_event(session, job.id, "Validated training file" + (" and validation file" if job.validation_file else ""))
-    _add_event(session, job.id, "Job queued")
+    _add_event(session, job.id, "Validating training file" + (" and validation file" if job.validation_file else ""))
     public = JobPublic.of(job)
     complete(record, 200, public.model_dump(mode="json"))
-    after_commit(session, lambda: send_job(job.id, job.queue))
+    after_commit(session, lambda: send_validation(job.id, settings.validation_queue))
     return public
 
 

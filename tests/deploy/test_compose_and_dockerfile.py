@@ -24,7 +24,7 @@ def compose():
 
 def test_services_volumes_and_healthchecks(compose):
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
+    assert set(services) == {"postgres", "redis", "migrate", "api", "validator", "worker"}
     for name in ("postgres", "redis", "api"):
         assert "healthcheck" in services[name], name
     assert services["migrate"]["command"] == ["loraq", "migrate"]
@@ -33,7 +33,7 @@ def test_services_volumes_and_healthchecks(compose):
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     # One shared storage volume for the API and every worker, one for the model cache.
-    for name in ("api", "worker"):
+    for name in ("api", "validator", "worker"):
         assert "storage:/srv/loraq/storage" in services[name]["volumes"]
         assert "modelcache:/srv/loraq/model-cache" in services[name]["volumes"]
     assert {"storage", "modelcache", "pgdata"} <= set(compose["volumes"])
@@ -41,7 +41,7 @@ def test_services_volumes_and_healthchecks(compose):
 
 def test_environment_matches_the_settings_object(compose):
     fields = set(Settings.model_fields)
-    for name in ("migrate", "api", "worker"):
+    for name in ("migrate", "api", "validator", "worker"):
         env = compose["services"][name]["environment"]
         loraq_vars = [k for k in env if k.startswith("LORAQ_")]
         assert loraq_vars, name

@@ -21,7 +21,7 @@ def test_cancel_running_then_queued(client):
 
     wait_for(client, running["id"], until=("running",))
     wait_for_event(client, running["id"], "metrics")
-    assert client.get(f"/v1/fine_tuning/jobs/{queued['id']}").json()["status"] == "queued"
+    assert wait_for(client, queued["id"], until=("queued",))["status"] == "queued"
 
     cancelled = client.post(f"/v1/fine_tuning/jobs/{queued['id']}/cancel").json()
     assert cancelled["status"] == "cancelled"
@@ -63,8 +63,9 @@ def test_pollers_see_a_change_at_once_and_never_go_back(service):
         file_id = upload_ok(client, chat_rows()[:1])
         for _ in range(5):
             job = create_job(client, file_id, hyperparameters={"n_epochs": 1}).json()
-            for _ in range(20):  # warm every API process's cache with the queued (or running) job
-                assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] in ("queued", "running")
+            for _ in range(20):  # warm every API process's cache with the not yet finished job
+                status = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"]
+                assert status in ("validating_files", "queued", "running")
             assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
             seen = []
             deadline = time.monotonic() + 1.0

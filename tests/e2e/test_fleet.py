@@ -84,6 +84,7 @@ def test_jobs_routed_to_a_named_queue_wait_for_its_workers(fleet):
     with fleet.client() as client:
         file_id = upload_ok(client, chat_rows()[:2])
         job = create_job(client, file_id, model=ROUTED_MODEL, hyperparameters={"n_epochs": 1}).json()
+        wait_for(client, job["id"], until=("queued",))  # validated (by the validator, not a worker)
         time.sleep(3)  # the default-queue workers (if any run) must leave it alone
         assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "queued"
         fleet.start_process("special", loraq("worker", "--queues", "special", "--name", "special"))

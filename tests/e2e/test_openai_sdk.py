@@ -26,7 +26,7 @@ def test_sdk_full_path(service, tmp_path):
         suffix="sdk",
         method={"type": "supervised", "supervised": {"hyperparameters": {**MEMORISE, "n_epochs": 5}}},
     )
-    assert job.status == "queued" and job.hyperparameters.n_epochs == 5
+    assert job.status == "validating_files" and job.hyperparameters.n_epochs == 5
     assert job.id in [j.id for j in client.fine_tuning.jobs.list(limit=100)]
 
     deadline = time.monotonic() + 180

@@ -31,7 +31,7 @@ def trained_job(service):
         )
         assert response.status_code == 200, response.text
         job = response.json()
-        assert job["status"] == "queued"
+        assert job["status"] == "validating_files"
         return wait_for(client, job["id"])
 
 
@@ -44,6 +44,26 @@ def test_job_succeeds_with_openai_shaped_record(trained_job):
     assert job["hyperparameters"]["n_epochs"] == 20 and job["hyperparameters"]["lora_r"] == 16
     assert job["completed_steps"] == job["total_steps"] == 8 * 20
     assert job["finished_at"] >= job["created_at"]
+
+
+def test_validation_stage_reports_tokens_and_estimates_the_run(client, trained_job):
+    """validating_files tokenized both files with the base model's tokenizer; the estimate was exact."""
+    job = trained_job
+    history = events(client, job["id"])
+    reports = {e["data"]["file"]: e["data"] for e in history if e["data"] and "usable_examples" in e["data"]}
+    assert reports["training"]["examples"] == reports["training"]["usable_examples"] == len(chat_rows())
+    assert reports["validation"]["examples"] == 3
+    assert 0 < reports["training"]["supervised_tokens"] < reports["training"]["tokens"]
+    assert reports["training"]["long_examples"]["count"] == 0
+    estimate = next(e["data"] for e in history if e["message"].startswith("Files validated"))
+    assert estimate["estimated_steps"] == job["total_steps"] == 8 * 20
+    # Tokens trained on, as counted by the trainer, are the ones the validation counted.
+    assert estimate["estimated_tokens"] == job["estimated_tokens"] == job["trained_tokens"]
+    messages = [e["message"] for e in history]
+    assert messages.index("Job queued") < next(i for i, m in enumerate(messages) if m.startswith("Training started"))
+    # The file record carries the report for this base model.
+    record = client.get(f"/v1/files/{job['training_file']}").json()
+    assert record["token_reports"]["loraq-tiny-chat"] == {k: v for k, v in reports["training"].items() if k != "file"}
 
 
 def test_events_report_lifecycle_and_metrics(client, trained_job):

@@ -1,0 +1,102 @@
+"""What a file holds for one base model: its examples and tokens as that model's tokenizer sees them.
+
+Computed before a job is queued (the `validating_files` stage), with the same tokenization and loss masks
+as training (training.loss_masks), so the figures are the ones training will see:
+
+- examples, tokens, supervised tokens (the ones the loss covers);
+- examples longer than `max_seq_length`: they are truncated to it (the tail, and any supervised tokens
+  in it, is not trained on);
+- examples with no supervised tokens (no assistant reply with weight 1, or every reply cut off by the
+  truncation): they are skipped, and named by line;
+- the tokens and optimizer steps the job will train on.
+
+Imports no torch: the validator process only needs a tokenizer.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from loraq.dataset_format import read_numbered_examples
+from training.loss_masks import IGNORE_INDEX, MaskError, tokenize_with_mask
+
+LISTED_LINES = 20  # line numbers listed per finding; the counts are always complete
+
+
+def file_report(path: str | Path, tokenizer, max_seq_length: int, train_on_inputs: bool) -> dict[str, Any]:
+    """Token figures of one chat JSONL file. Raises MaskError naming the line when masks cannot be derived."""
+    examples = tokens = supervised = trained_tokens = usable = longest = 0
+    long_lines: list[int] = []
+    long_count = 0
+    skipped_lines: list[int] = []
+    skipped_count = 0
+    for line, example in read_numbered_examples(path):
+        try:
+            full = tokenize_with_mask(tokenizer, example["messages"], None, train_on_inputs)
+        except MaskError as exc:
+            raise MaskError(f"line {line}: {exc}") from None
+        length = len(full["input_ids"])
+        kept = full["labels"][:max_seq_length]
+        kept_supervised = sum(label != IGNORE_INDEX for label in kept[1:])  # the first token is never predicted
+        examples += 1
+        tokens += length
+        supervised += sum(label != IGNORE_INDEX for label in full["labels"][1:])
+        longest = max(longest, length)
+        if length > max_seq_length:
+            long_count += 1
+            if len(long_lines) < LISTED_LINES:
+                long_lines.append(line)
+        if kept_supervised == 0:
+            skipped_count += 1
+            if len(skipped_lines) < LISTED_LINES:
+                skipped_lines.append(line)
+            continue
+        usable += 1
+        trained_tokens += min(length, max_seq_length)
+    return {
+        "examples": examples,
+        "tokens": tokens,
+        "supervised_tokens": supervised,
+        "max_example_tokens": longest,
+        "max_seq_length": max_seq_length,
+        "long_examples": {"count": long_count, "lines": long_lines, "action": f"truncated to {max_seq_length} tokens"},
+        "unsupervised_examples": {
+            "count": skipped_count,
+            "lines": skipped_lines,
+            "action": "skipped: no assistant tokens to learn from (no reply with weight 1, or all cut by truncation)",
+        },
+        "usable_examples": usable,
+        "trained_tokens_per_epoch": trained_tokens,
+    }
+
+
+def training_estimate(report: dict[str, Any], batch_size: int, gradient_accumulation_steps: int, epochs: int) -> dict:
+    """Optimizer steps and tokens the job will train on (one step is batch_size x accumulation examples)."""
+    per_step = batch_size * gradient_accumulation_steps
+    return {
+        "estimated_steps": math.ceil(report["usable_examples"] / per_step) * epochs,
+        "estimated_tokens": report["trained_tokens_per_epoch"] * epochs,
+        "examples_per_step": per_step,
+    }
+
+
+def describe(report: dict[str, Any], role: str) -> str:
+    """One readable line for the job's events."""
+    text = (
+        f"{role.capitalize()} file: {report['examples']} examples, {report['tokens']} tokens "
+        f"({report['supervised_tokens']} supervised), longest {report['max_example_tokens']} tokens"
+    )
+    long, skipped = report["long_examples"], report["unsupervised_examples"]
+    if long["count"]:
+        text += f"; {long['count']} longer than {report['max_seq_length']} tokens ({_lines(long)}): {long['action']}"
+    if skipped["count"]:
+        text += f"; {skipped['count']} skipped ({_lines(skipped)}), no assistant tokens to learn from"
+    return text
+
+
+def _lines(finding: dict) -> str:
+    shown = ", ".join(str(n) for n in finding["lines"])
+    more = finding["count"] - len(finding["lines"])
+    return f"line{'s' if finding['count'] > 1 else ''} {shown}" + (f" and {more} more" if more > 0 else "")

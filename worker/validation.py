@@ -1,0 +1,194 @@
+"""The `validating_files` stage: a new job's files tokenized with its base model's tokenizer, before any
+GPU is spent on it.
+
+Run by `loraq validator` (a light Celery worker on the validation queue: tokenizers only, no GPU, so a
+validation never waits behind a training run). The job goes on to `queued` with its estimated steps and
+tokens, or to `failed` with a reason naming the file and the lines; each file's token report is kept on
+the file record (GET /v1/files/{id}). A job cancelled meanwhile stays cancelled: every transition is
+conditional on the job still being in `validating_files`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from sqlalchemy import select, update
+
+from loraq.base_models import TINY_MODEL_NAME, find_model
+from loraq.settings import BaseModelEntry, Settings, get_settings
+from loraq.storage import Storage
+from models import FileRecord, Job, JobStatus
+from models.base import utcnow
+from models.session import session_scope
+from training.config import Hyperparameters
+from training.data_report import describe, file_report, training_estimate
+from training.loss_masks import MaskError
+from worker.celery_app import VALIDATE_JOB_TASK, celery_app, send_job
+from worker.claims import add_event
+
+logger = logging.getLogger("loraq.validator")
+
+_tokenizers: dict[str, Any] = {}
+_tokenizers_lock = threading.Lock()
+
+
+class ValidationFailure(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None):
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+def load_tokenizer(entry: BaseModelEntry, settings: Settings):
+    """The base model's tokenizer, loaded exactly as training loads it (hub id, local folder, or the built-in
+    model's generated folder), cached per process."""
+    with _tokenizers_lock:
+        if entry.source not in _tokenizers:
+            from transformers import AutoTokenizer
+
+            source = entry.source
+            if source == TINY_MODEL_NAME:
+                from training.tiny_model import ensure_tiny_model
+
+                source = str(ensure_tiny_model(settings.model_cache_dir / TINY_MODEL_NAME))
+            _tokenizers[entry.source] = AutoTokenizer.from_pretrained(source, trust_remote_code=entry.trust_remote_code)
+        return _tokenizers[entry.source]
+
+
+@celery_app.task(name=VALIDATE_JOB_TASK)
+def validate_job_task(job_id: str) -> str:
+    return validate_job(job_id, get_settings())
+
+
+def validate_job(job_id: str, settings: Settings) -> str:
+    """Tokenize the job's files and move it to `queued` or `failed`; returns the outcome."""
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        job = session.scalars(select(Job).where(Job.id == job_id)).one_or_none()
+        if job is None or job.status != JobStatus.validating_files:
+            return "skipped"
+        files = {
+            f.id: f for f in session.scalars(select(FileRecord).where(FileRecord.id.in_(_job_files(job))))
+        }  # fmt: skip
+        storage = Storage(settings.resolved_storage_root)
+        paths = {role: storage.resolve(files[file_id].storage_key) for role, file_id in _roles(job)}
+        hp = Hyperparameters.model_validate(job.hyperparameters)
+        model, queue = job.model, job.queue
+    try:
+        reports, estimate = _check(settings, model, paths, hp)
+    except ValidationFailure as failure:
+        return _fail(url, job_id, failure)
+    except Exception as exc:  # our own crash still ends the stage, with a reason
+        logger.exception("validation of %s crashed", job_id)
+        return _fail(url, job_id, ValidationFailure("validation_error", f"{type(exc).__name__}: {exc}"[:2000]))
+    with session_scope(url) as session:
+        moved = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.validating_files)
+            .values(
+                status=JobStatus.queued,
+                enqueued_at=utcnow(),
+                total_steps=estimate["estimated_steps"],
+                estimated_tokens=estimate["estimated_tokens"],
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if not moved:
+            return "skipped"
+        job = session.scalars(select(Job).where(Job.id == job_id)).one()
+        for role, report in reports.items():
+            add_event(session, job_id, describe(report, role), kind="message", data={"file": role, **report})
+            _keep_report(session, getattr(job, f"{role}_file"), model, report)
+        train = reports["training"]
+        if train["usable_examples"] < estimate["examples_per_step"]:
+            add_event(
+                session, job_id,
+                f"The training file has {train['usable_examples']} usable examples, fewer than one optimizer step "
+                f"({estimate['examples_per_step']}): every step trains on all of them",
+                level="warn",
+            )  # fmt: skip
+        add_event(
+            session, job_id,
+            f"Files validated: about {estimate['estimated_steps']} steps and {estimate['estimated_tokens']} tokens "
+            f"({estimate['examples_per_step']} examples per step, {hp.n_epochs} epochs)",
+            data=estimate,
+        )  # fmt: skip
+        add_event(session, job_id, "Job queued")
+    send_job(job_id, queue)
+    return "queued"
+
+
+def _check(settings: Settings, model: str, paths: dict, hp: Hyperparameters) -> tuple[dict, dict]:
+    entry = find_model(settings, model)
+    if entry is None:
+        raise ValidationFailure("model_not_found", f"Base model '{model}' is no longer offered by this server", "model")
+    try:
+        tokenizer = load_tokenizer(entry, settings)
+    except Exception as exc:
+        raise ValidationFailure(
+            "model_unavailable", f"The tokenizer of base model '{model}' could not be loaded: {exc}"[:2000], "model"
+        ) from None
+    reports = {}
+    for role, path in paths.items():
+        try:
+            reports[role] = file_report(path, tokenizer, hp.max_seq_length, hp.train_on_inputs)
+        except MaskError as exc:
+            raise ValidationFailure(
+                "invalid_chat_template",
+                f"Cannot train on assistant tokens only with the chat template of '{model}': {role} file, {exc}. "
+                "Set hyperparameters.train_on_inputs to true to train on whole conversations.",
+                f"{role}_file",
+            ) from None
+    train = reports["training"]
+    needed = settings.min_training_examples
+    if train["usable_examples"] < needed:
+        skipped = train["unsupervised_examples"]
+        raise ValidationFailure(
+            "invalid_training_file",
+            f"The training file has {train['usable_examples']} usable examples; at least {needed} "
+            f"{'is' if needed == 1 else 'are'} needed. "
+            + (f"{describe(train, 'training')}." if skipped["count"] else ""),
+            "training_file",
+        )
+    if "validation" in reports and reports["validation"]["usable_examples"] == 0:
+        raise ValidationFailure(
+            "invalid_validation_file",
+            f"The validation file has no usable examples. {describe(reports['validation'], 'validation')}.",
+            "validation_file",
+        )
+    return reports, training_estimate(train, hp.batch_size, hp.gradient_accumulation_steps, hp.n_epochs)
+
+
+def _fail(url: str, job_id: str, failure: ValidationFailure) -> str:
+    with session_scope(url) as session:
+        moved = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.validating_files)
+            .values(
+                status=JobStatus.failed,
+                finished_at=utcnow(),
+                error={"code": failure.code, "message": failure.message, "param": failure.param},
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if moved:
+            add_event(session, job_id, f"Validation failed: {failure.message}", level="error")
+    return "failed" if moved else "skipped"
+
+
+def _keep_report(session, file_id: str, model: str, report: dict) -> None:
+    """Record the report on the file, per base model (row-locked where the database can)."""
+    record = session.scalars(select(FileRecord).where(FileRecord.id == file_id).with_for_update()).one()
+    record.token_reports = {**(record.token_reports or {}), model: report}
+
+
+def _roles(job: Job) -> list[tuple[str, str]]:
+    roles = [("training", job.training_file)]
+    if job.validation_file:
+        roles.append(("validation", job.validation_file))
+    return roles
+
+
+def _job_files(job: Job) -> list[str]:
+    return [file_id for _, file_id in _roles(job)]
