@@ -7,7 +7,7 @@ Forced changes, each marked `# forced:` below:
 - `warmup_ratio` is gone: `warmup_steps=0.03` reads as a ratio;
 - passing a PeftModel *and* `peft_config` raises: the model is wrapped once, as the seed does, and
   `peft_config` is not passed again;
-- `paged_adamw_32bit` needs bitsandbytes and CUDA: plain AdamW without CUDA;
+- `paged_adamw_32bit` needs bitsandbytes and CUDA: plain AdamW without them;
 - `torch_dtype` is `dtype`, and float16 is not trainable on a CPU: float32 there;
 - `device_map="auto"` only with CUDA;
 - TRL 1.x's SFTConfig asks for bf16 by default: not on a CPU.
@@ -17,6 +17,7 @@ Everything else (pre-rendered text with the prompt in the loss, no packing, the 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -26,6 +27,8 @@ from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
+
+HAVE_BNB = importlib.util.find_spec("bitsandbytes") is not None
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -100,7 +103,7 @@ def main() -> None:
         num_train_epochs=args.num_train_epochs,
         per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        optim="paged_adamw_32bit" if cuda else "adamw_torch",  # forced: paged optimizers need CUDA
+        optim="paged_adamw_32bit" if cuda and HAVE_BNB else "adamw_torch",  # forced: paged needs CUDA + bitsandbytes
         save_steps=args.save_steps,
         logging_steps=args.logging_steps,
         learning_rate=args.learning_rate,
@@ -124,6 +127,8 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    if cuda:  # measurement only (read by bench/seed_vs_loraq.py), not part of the seed's script
+        print(f"peak_device_memory_mib={torch.cuda.max_memory_allocated() / 2**20:.0f}")
 
 
 if __name__ == "__main__":

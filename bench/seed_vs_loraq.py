@@ -1,12 +1,15 @@
 """The seed recipe (bench/seed_recipe.py) against `loraq train`, same flags, model and data, one command.
 
-    python bench/seed_vs_loraq.py [--examples 96] [--epochs 3]
+    python bench/seed_vs_loraq.py [--examples 96] [--epochs 3] [--shape tiny|qwen2.5-0.5b|qwen2.5-7b] [--tokens N]
 
-All run the seed's default flags on the built-in tiny model and a generated chat dataset (long system
-and user prompts, short replies, like most SFT data). Reported for each: tokens per second over all
+All run the seed's default flags on the same model and a generated chat dataset (long system and user
+prompts, short replies, like most SFT data): the built-in tiny model by default, or a random-initialised
+model of Qwen2.5-0.5B's or -7B's shape (bench/gpu.sh). Reported for each: tokens per second over all
 tokens processed and over supervised tokens (the seed recipe supervises every token, prompts included;
-loraq only the replies), training wall time, peak memory (max RSS of the training process), and the loss
-on the assistant tokens of a held-out file, since that is what both adapters are for.
+loraq only the replies), training wall time, peak memory (max RSS of the training process; on a GPU also
+peak GPU memory and model FLOPs utilisation, counting LoRA training as 4 x parameters x tokens), and, on
+the tiny model, the loss on the assistant tokens of a held-out file, since that is what both adapters
+are for.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 TOPICS = ["billing", "shipping", "returns", "passwords", "invoices", "warranty", "upgrades", "refunds"]
 
 
-def make_dataset(count: int, seed: int) -> list[dict]:
+def make_dataset(count: int, seed: int, context_words: int = 30) -> list[dict]:
     rng = random.Random(seed)
     system = (
         "You are the support assistant of a hardware shop. Answer in one short sentence, politely, "
@@ -52,7 +55,7 @@ def make_dataset(count: int, seed: int) -> list[dict]:
                     "twice",
                 ]
             )
-            for _ in range(30)
+            for _ in range(context_words)
         )
         question = f"Ticket {i}: a question about {topic}. {context}. What should I do about my {topic}?"
         answer = f"For {topic}, please open Settings, choose {topic.title()}, and follow step {i % 7 + 1}."
@@ -117,10 +120,64 @@ def held_out_loss(base_dir: Path, adapter_dir: Path, rows: list[dict]) -> float:
     return losses / weights
 
 
+# Qwen2.5's published configurations (config.json on the hub), for random-initialised models of their shape.
+QWEN25_SHAPES = {
+    "qwen2.5-0.5b": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                     "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+                     "tie_word_embeddings": True},
+    "qwen2.5-7b": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                   "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                   "tie_word_embeddings": False},
+}  # fmt: skip
+# Dense bf16 peak FLOP/s by device name (no sparsity).
+PEAK_BF16_FLOPS = {"H200": 989.4e12, "H100": 989.4e12, "H800": 989.4e12, "A100": 312e12, "L40S": 362.05e12}
+
+
+def write_shaped_model(folder: Path, shape: str) -> tuple[Path, int]:
+    """A random-initialised bf16 model with a Qwen2.5 shape and the tiny model's tokenizer and chat template;
+    returns its folder and the parameters that do matrix work per token (all but the input embedding)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from training.tiny_model import write_tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(write_tiny_model(folder / "tokenizer-source"))
+    config = Qwen2Config(
+        **QWEN25_SHAPES[shape], max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen2ForCausalLM(config)
+    torch.set_default_dtype(torch.float32)
+    unique = sum(p.numel() for p in model.parameters())
+    embedding = config.vocab_size * config.hidden_size
+    head = embedding if config.tie_word_embeddings else 0  # a tied head still multiplies every token
+    out = folder / shape
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    del model
+    return out, unique - embedding + head
+
+
+def sized_dataset(count: int, seed: int, tokenizer, tokens: int | None) -> list[dict]:
+    """make_dataset, with each user message grown until the conversations are about `tokens` long."""
+    if tokens is None:
+        return make_dataset(count, seed)
+    words = 30
+    for _ in range(8):
+        sample = make_dataset(4, seed, context_words=words)
+        length = max(token_counts(tokenizer, [row])["all"] for row in sample)
+        words = max(1, int(words * (tokens - 8) / length))
+    return make_dataset(count, seed, context_words=words)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=96, help="Training conversations")
     parser.add_argument("--epochs", type=int, default=3, help="--num_train_epochs for both (the seed's 3)")
+    parser.add_argument("--shape", choices=["tiny", *QWEN25_SHAPES], default="tiny", help="Model to train")
+    parser.add_argument("--tokens", type=int, default=None, help="Grow conversations to about this many tokens")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -128,23 +185,28 @@ def main() -> int:
     from training.tiny_model import write_tiny_model
 
     folder = Path(tempfile.mkdtemp(prefix="loraq-seed-bench-"))
-    base = write_tiny_model(folder / "base")
-    train = write_jsonl(folder / "train.jsonl", make_dataset(args.examples, seed=1))
-    held_out_rows = make_dataset(16, seed=2)
-    held_out = write_jsonl(folder / "held_out.jsonl", held_out_rows)
+    if args.shape == "tiny":
+        base, flop_params = write_tiny_model(folder / "base"), None
+    else:
+        base, flop_params = write_shaped_model(folder, args.shape)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    rows = sized_dataset(args.examples, 1, tokenizer, args.tokens)
+    train = write_jsonl(folder / "train.jsonl", rows)
+    held_out_rows = sized_dataset(16, 2, tokenizer, args.tokens) if args.shape == "tiny" else None
     flags = ["--base_model", str(base), "--train_path", str(train), "--num_train_epochs", str(args.epochs)]
     # The seed's defaults for everything else: lr 1e-4, batch 1 x grad-accum 4, max length 2048, r 16, ...
 
+    counts = token_counts(tokenizer, rows)
+    epochs = args.epochs
     seed_wall, seed_rss, seed_log = run(
         [sys.executable, "bench/seed_recipe.py", *flags, "--output_dir", str(folder / "seed")], folder / "seed.log"
     )
-    seed_runtime = float(re.findall(r"'train_runtime': '?([\d.]+)", seed_log)[-1])
-    counts = token_counts(AutoTokenizer.from_pretrained(base), make_dataset(args.examples, seed=1))
-    epochs = args.epochs
     results = {
-        "seed recipe": {"runtime": seed_runtime, "wall": seed_wall, "rss": seed_rss,
-                        "all": counts["all"] * epochs, "supervised": counts["all"] * epochs,
-                        "loss": held_out_loss(base, folder / "seed", held_out_rows)},
+        "seed recipe": {
+            "runtime": float(re.findall(r"'train_runtime': '?([\d.]+)", seed_log)[-1]),
+            "wall": seed_wall, "rss": seed_rss, "all": counts["all"] * epochs, "supervised": counts["all"] * epochs,
+            "gpu": _found(r"peak_device_memory_mib=(\d+)", seed_log), "adapter": folder / "seed",
+        }
     }  # fmt: skip
     # loraq as it runs by default (activation checkpointing only when memory needs it), and with
     # checkpointing forced on, the seed recipe's memory-saving setting under TRL 1.x.
@@ -154,28 +216,54 @@ def main() -> int:
             [sys.executable, "-m", "loraq.cli", "train", *flags, *extra, "--output_dir", str(out)],
             out.with_suffix(".log"),
         )
+        metrics = json.loads((out / "loraq.json").read_text())["metrics"]
         results[name] = {
-            "runtime": json.loads((out / "loraq.json").read_text())["metrics"]["train_runtime_s"],
-            "wall": wall, "rss": rss, "all": counts["all"] * epochs, "supervised": counts["supervised"] * epochs,
-            "loss": held_out_loss(base, out, held_out_rows),
+            "runtime": metrics["train_runtime_s"], "wall": wall, "rss": rss, "all": counts["all"] * epochs,
+            "supervised": counts["supervised"] * epochs, "gpu": metrics.get("peak_device_memory_mib"), "adapter": out,
         }  # fmt: skip
-    print(f"\n{args.examples} conversations x {epochs} epochs, tiny model, seed default flags, {os.cpu_count()} CPUs\n")
-    print("| recipe | tokens/s (all) | tokens/s (supervised) | training s | wall s | peak RSS MiB | held-out loss |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in results.values():
+        r["loss"] = held_out_loss(base, r["adapter"], held_out_rows) if held_out_rows else None
+    print_results(args, results, flop_params)
+    print(f"(data and logs in {folder})")
+    return 0
+
+
+def _found(pattern: str, text: str) -> int | None:
+    found = re.findall(pattern, text)
+    return int(found[-1]) if found else None
+
+
+def print_results(args, results: dict, flop_params: int | None) -> None:
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPUs"
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in device), None)
+    mean_tokens = results["seed recipe"]["all"] // (args.examples * args.epochs)
+    print(f"\n{args.examples} conversations (~{mean_tokens} tokens) x {args.epochs} epochs, {args.shape} model, "
+          f"seed default flags, {device}\n")  # fmt: skip
+    print("| recipe | tokens/s (all) | tokens/s (supervised) | training s | wall s | peak RSS MiB "
+          "| peak GPU MiB | MFU | held-out loss |")  # fmt: skip
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
+        speed = r["all"] / r["runtime"]
+        mfu = f"{4 * flop_params * speed / peak:.1%}" if flop_params and peak else "n/a"
+        loss = f"{r['loss']:.3f}" if r["loss"] is not None else "n/a"
         print(
-            f"| {name} | {r['all'] / r['runtime']:.0f} | {r['supervised'] / r['runtime']:.0f} | {r['runtime']:.1f} "
-            f"| {r['wall']:.1f} | {r['rss']} | {r['loss']:.3f} |"
+            f"| {name} | {speed:.0f} | {r['supervised'] / r['runtime']:.0f} | {r['runtime']:.1f} | {r['wall']:.1f} "
+            f"| {r['rss']} | {r['gpu'] if r['gpu'] is not None else 'n/a'} | {mfu} "
+            f"| {loss} |"
         )
     print()
+    seed = results["seed recipe"]
     for name in ("loraq train", "loraq train, checkpointing on"):
-        r, seed = results[name], results["seed recipe"]
-        print(
-            f"{name} / seed recipe: {seed['runtime'] / r['runtime']:.2f}x tokens per second (target >= 2x), "
-            f"peak RSS {r['rss'] - seed['rss']:+d} MiB, held-out assistant loss {r['loss']:.3f} vs {seed['loss']:.3f}"
-        )
-    print(f"(data and logs in {held_out.parent})")
-    return 0
+        r = results[name]
+        line = f"{name} / seed recipe: {seed['runtime'] / r['runtime']:.2f}x tokens per second"
+        line += f", peak RSS {r['rss'] - seed['rss']:+d} MiB"
+        if r["gpu"] is not None and seed["gpu"] is not None:
+            line += f", peak GPU memory {r['gpu'] - seed['gpu']:+d} MiB"
+        if r["loss"] is not None:
+            line += f", held-out assistant loss {r['loss']:.3f} vs {seed['loss']:.3f}"
+        print(line)
 
 
 if __name__ == "__main__":

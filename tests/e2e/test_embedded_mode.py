@@ -55,7 +55,7 @@ def _start_up(tmp_path, port):
 
 def _ctrl_c(process) -> None:
     children = _children(process.pid)
-    assert len(children) == 3  # redis-server, the worker and the API
+    assert len(children) == 4  # redis-server, the worker, the validator and the API
     process.send_signal(signal.SIGINT)  # what Ctrl-C delivers
     assert process.wait(timeout=90) == 0
     deadline = time.monotonic() + 10

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The GPU benchmark: the seed recipe vs `loraq train` on random-initialised models of Qwen2.5-0.5B's and
+# Qwen2.5-7B's shapes (built from their configurations; nothing is downloaded), bf16, conversations of
+# about 2,000 tokens (within the seed's max length of 2048), seed default flags otherwise.
+# Prints tokens/s, peak GPU memory and MFU (4 x parameters x tokens / peak bf16 FLOP/s) per recipe.
+#
+#   bench/gpu.sh            # both shapes, about 6 minutes on one H100/H200
+#   bench/gpu.sh 0.5b       # one shape
+#
+# Needs loraq installed with a CUDA build of torch (`pip install -e .[gpu]`) and one visible NVIDIA GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON:-python}"
+"$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench/gpu.sh needs a CUDA GPU')"
+export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}"
+shapes=("${@:-0.5b 7b}")
+for shape in ${shapes[*]}; do
+  case "$shape" in
+    0.5b) examples=128 ;;
+    7b) examples=48 ;;
+    *) echo "unknown shape $shape (0.5b or 7b)" >&2; exit 2 ;;
+  esac
+  echo "== qwen2.5-$shape shape =="
+  "$python" bench/seed_vs_loraq.py --shape "qwen2.5-$shape" --tokens 1984 --examples "$examples" --epochs 1
+done
