@@ -13,7 +13,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,6 +48,9 @@ class Storage:
 
     def adapter_archive(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "adapter.tar.gz"
+
+    def checkpoint_archive(self, job_id: str, step: int) -> Path:
+        return self.job_dir(job_id) / "checkpoint-adapters" / f"step-{step}.tar.gz"
 
     def relative(self, path: Path) -> str:
         return str(Path(path).resolve().relative_to(self.root.resolve()))
@@ -101,8 +104,11 @@ def sha256_of(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def build_archive(folder: Path, destination: Path, arcname: str) -> tuple[str, int]:
-    """Pack `folder` into a reproducible .tar.gz at `destination`; returns (sha256, bytes).
+def build_archive(
+    folder: Path, destination: Path, arcname: str, include: Callable[[Path], bool] | None = None
+) -> tuple[str, int]:
+    """Pack `folder` (the files `include` accepts, or all) into a reproducible .tar.gz at `destination`;
+    returns (sha256, bytes).
 
     Sorted names, zero mtimes and fixed owners make the same adapter give the same bytes, so the
     archive's sha256 serves as a stable ETag.
@@ -116,7 +122,7 @@ def build_archive(folder: Path, destination: Path, arcname: str) -> tuple[str, i
             gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
         ):
-            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            for path in sorted(p for p in folder.rglob("*") if p.is_file() and (include is None or include(p))):
                 info = tar.gettarinfo(str(path), arcname=f"{arcname}/{path.relative_to(folder)}")
                 info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
                 with path.open("rb") as handle:

@@ -137,6 +137,9 @@ class Checkpoint(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     storage_key: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The checkpoint's adapter files as one archive (GET .../checkpoints/{id}/adapter).
+    adapter_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    adapter_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class IdempotencyRecord(Base):

@@ -70,3 +70,12 @@ def remove_incomplete(checkpoints_dir: Path) -> list[Path]:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(folder)
     return removed
+
+
+# Trainer state in a checkpoint folder that a user of the adapter does not need (and should not download).
+TRAINER_STATE_PREFIXES = ("optimizer", "scheduler", "rng_state", "scaler", "trainer_state", "training_args")
+
+
+def is_adapter_file(path: Path) -> bool:
+    """The adapter, its config, the tokenizer and chat template: what loading the checkpoint needs."""
+    return not path.name.startswith(TRAINER_STATE_PREFIXES) and path.name != MARKER and not path.name.startswith(".")

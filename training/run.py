@@ -221,6 +221,11 @@ def train(config: TrainingConfig) -> dict:
         "train_loss": output.training_loss,
         "train_runtime_s": round(time.monotonic() - started, 3),
         "time_limited": callback.time_limited,
+        **(
+            {"peak_device_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20)}
+            if torch.cuda.is_available()
+            else {}
+        ),
         **{k: v for k, v in callback.last_metrics.items() if k.startswith(("valid_", "train_mean"))},
     }
     if callback.stopped_early:

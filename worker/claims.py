@@ -87,13 +87,22 @@ def estimate_finish(job: Job, now, step: int, total: int, tokens_seen: int | Non
 
 
 def record_checkpoint(
-    session: Session, job_id: str, record: dict[str, Any], storage_key: str, attempt: int | None = None
+    session: Session,
+    job_id: str,
+    record: dict[str, Any],
+    storage_key: str,
+    attempt: int | None = None,
+    archive: tuple[str, int] | None = None,
 ) -> None:
     step = record["step"]
     metrics = {k: v for k, v in record.get("metrics", {}).items() if v is not None}
+    sha256, size = archive or (None, None)
     session.add(
-        Checkpoint(id=new_id("ftckpt"), job_id=job_id, step_number=step, metrics=metrics, storage_key=storage_key)
-    )
+        Checkpoint(
+            id=new_id("ftckpt"), job_id=job_id, step_number=step, metrics=metrics, storage_key=storage_key,
+            adapter_sha256=sha256, adapter_bytes=size,
+        )
+    )  # fmt: skip
     add_event(session, job_id, f"Checkpoint created at step {step}", data={"step": step, "attempt": attempt})
 
 

@@ -28,7 +28,7 @@ from loraq.settings import Settings
 from loraq.storage import Storage, build_archive, read_tail, sha256_of
 from models import Checkpoint, FileRecord, FileStatus, Job, JobStatus, new_id, utcnow
 from models.session import session_scope
-from training.checkpoints import is_complete, newest_complete, remove_incomplete, step_of
+from training.checkpoints import is_adapter_file, is_complete, newest_complete, remove_incomplete, step_of
 from training.config import TrainingConfig
 from worker.celery_app import send_job
 from worker.child_process import ProgressTail, exit_reason, kill, request_stop, start_training
@@ -140,7 +140,21 @@ class JobSupervisor:
         for path in sorted(complete, key=step_of):
             if step_of(path) not in recorded:
                 record = {"step": step_of(path), "metrics": {}}
-                record_checkpoint(session, self.job_id, record, self.storage.relative(path), attempt=previous_attempt)
+                record_checkpoint(
+                    session, self.job_id, record, self.storage.relative(path), attempt=previous_attempt,
+                    archive=self._archive_checkpoint(path, record["step"]),
+                )  # fmt: skip
+
+    def _archive_checkpoint(self, folder: Path, step: int) -> tuple[str, int] | None:
+        """The checkpoint's adapter files (no optimizer or trainer state) as one downloadable archive."""
+        try:
+            return build_archive(
+                folder, self.storage.checkpoint_archive(self.job_id, step), f"{self.job_id}-step-{step}",
+                include=is_adapter_file,
+            )  # fmt: skip
+        except OSError as exc:  # the checkpoint stays usable for resuming; only its download is missing
+            logger.warning("job %s: could not archive checkpoint %s: %s", self.job_id, folder.name, exc)
+            return None
 
     # ------------------------------------------------------------------ child process
     def _train_and_record(self, config: TrainingConfig) -> str:
@@ -212,8 +226,10 @@ class JobSupervisor:
                 if kind == "metrics":
                     record_metrics(session, self.job_id, self.worker_id, record)
                 elif kind == "checkpoint":
-                    key = self.storage.relative(Path(record["path"]))
-                    record_checkpoint(session, self.job_id, record, key, attempt=self.attempt)
+                    path = Path(record["path"])
+                    archive = self._archive_checkpoint(path, record["step"])
+                    key = self.storage.relative(path)
+                    record_checkpoint(session, self.job_id, record, key, attempt=self.attempt, archive=archive)
                 elif kind == "evaluation":
                     loss = record.get("eval_loss")
                     data = {k: v for k, v in record.items() if k not in ("type", "time")}

@@ -211,18 +211,51 @@ async def download_adapter(
             param="job_id",
             code="adapter_not_ready",
         )
-    etag = f'"{job.adapter_sha256}"'
+    path = Storage(settings.resolved_storage_root).adapter_archive(job.id)
+    return await _serve_archive(path, job.adapter_sha256, f"{job.id}-adapter.tar.gz", if_none_match)
+
+
+@router.get(
+    "/{job_id}/checkpoints/{checkpoint_id}/adapter",
+    response_class=FileResponse,
+    responses={304: {"description": "Not modified"}},
+)
+async def download_checkpoint_adapter(
+    job: JobDep,
+    checkpoint_id: Annotated[str, Path(pattern=ID_PATTERN)],
+    session: SessionDep,
+    settings: SettingsDep,
+    if_none_match: Annotated[str | None, Header(max_length=256)] = None,
+):
+    """One checkpoint's adapter (weights, config, tokenizer; no optimizer state) as a .tar.gz, like the
+    final adapter: Range, If-Range and ETag. Any job status: a cancelled or failed job's checkpoints count."""
+    checkpoint = session.scalars(
+        select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.job_id == job.id)
+    ).one_or_none()
+    if checkpoint is None:
+        raise not_found("checkpoint", checkpoint_id, param="checkpoint_id")
+    if not checkpoint.adapter_sha256:
+        raise APIError(
+            400,
+            f"Checkpoint '{checkpoint.id}' has no downloadable adapter (it could not be archived).",
+            param="checkpoint_id",
+            code="adapter_not_ready",
+        )
+    path = Storage(settings.resolved_storage_root).checkpoint_archive(job.id, checkpoint.step_number)
+    filename = f"{job.id}-step-{checkpoint.step_number}-adapter.tar.gz"
+    return await _serve_archive(path, checkpoint.adapter_sha256, filename, if_none_match)
+
+
+async def _serve_archive(path, sha256: str, filename: str, if_none_match: str | None):
+    """An archive whose sha256 is recorded: 304 for a matching ETag, 500 if the stored bytes do not match."""
+    etag = f'"{sha256}"'
     if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
         return Response(status_code=304, headers={"etag": etag})
-    path = Storage(settings.resolved_storage_root).adapter_archive(job.id)
-    if not await run_in_threadpool(archive_verifier.verify, path, job.adapter_sha256):
-        logger.error("job %s: adapter archive %s does not match its recorded sha256", job.id, path)
+    if not await run_in_threadpool(archive_verifier.verify, path, sha256):
+        logger.error("archive %s does not match its recorded sha256", path)
         raise APIError(
             500, "The stored adapter failed its checksum; the operator has been alerted.", code="adapter_corrupt"
         )
     return FileResponse(
-        path,
-        media_type="application/gzip",
-        filename=f"{job.id}-adapter.tar.gz",
-        headers={"etag": etag, "x-checksum-sha256": job.adapter_sha256},
+        path, media_type="application/gzip", filename=filename, headers={"etag": etag, "x-checksum-sha256": sha256}
     )

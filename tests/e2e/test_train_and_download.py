@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -109,6 +110,30 @@ def test_adapter_download_supports_etag_and_range(client, trained_job):
     assert part.status_code == 206 and part.content == full.content[10:100]
     stale = client.get(url, headers={"Range": "bytes=0-9", "If-Range": '"stale"'})
     assert stale.status_code == 200 and stale.content == full.content
+
+
+def test_each_checkpoint_adapter_downloads_without_trainer_state(client, trained_job, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from training.tiny_model import write_tiny_model
+
+    job_id = trained_job["id"]
+    checkpoint = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"][-1]  # step 80
+    url = f"/v1/fine_tuning/jobs/{job_id}/checkpoints/{checkpoint['id']}/adapter"
+    response = client.get(url)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/gzip"
+    assert client.get(url, headers={"If-None-Match": response.headers["etag"]}).status_code == 304
+    with tarfile.open(fileobj=io.BytesIO(response.content)) as archive:
+        names = {Path(n).name for n in archive.getnames()}
+        archive.extractall(tmp_path, filter="data")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= names
+    assert not [n for n in names if n.startswith(("optimizer", "scheduler", "rng_state", "trainer_state"))]
+    folder = tmp_path / f"{job_id}-step-80"
+    base = AutoModelForCausalLM.from_pretrained(write_tiny_model(tmp_path / "base"))
+    PeftModel.from_pretrained(base, folder)  # loads as an adapter
+    missing = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints/ftckpt-nope/adapter")
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "checkpoint_id"
 
 
 def test_downloaded_adapter_learned_the_facts(client, trained_job, tmp_path):
