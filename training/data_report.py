@@ -85,7 +85,7 @@ def training_estimate(report: dict[str, Any], batch_size: int, gradient_accumula
 def describe(report: dict[str, Any], role: str) -> str:
     """One readable line for the job's events."""
     text = (
-        f"{role.capitalize()} file: {report['examples']} examples, {report['tokens']} tokens "
+        f"{role.capitalize()} file: {plural(report['examples'], 'example')}, {report['tokens']} tokens "
         f"({report['supervised_tokens']} supervised), longest {report['max_example_tokens']} tokens"
     )
     long, skipped = report["long_examples"], report["unsupervised_examples"]
@@ -94,6 +94,10 @@ def describe(report: dict[str, Any], role: str) -> str:
     if skipped["count"]:
         text += f"; {skipped['count']} skipped ({_lines(skipped)}), no assistant tokens to learn from"
     return text
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _lines(finding: dict) -> str:

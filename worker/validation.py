@@ -23,7 +23,7 @@ from models import FileRecord, Job, JobStatus
 from models.base import utcnow
 from models.session import session_scope
 from training.config import Hyperparameters
-from training.data_report import describe, file_report, training_estimate
+from training.data_report import describe, file_report, plural, training_estimate
 from training.loss_masks import MaskError
 from worker.celery_app import VALIDATE_JOB_TASK, celery_app, send_job
 from worker.claims import add_event
@@ -104,14 +104,15 @@ def validate_job(job_id: str, settings: Settings) -> str:
         if train["usable_examples"] < estimate["examples_per_step"]:
             add_event(
                 session, job_id,
-                f"The training file has {train['usable_examples']} usable examples, fewer than one optimizer step "
-                f"({estimate['examples_per_step']}): every step trains on all of them",
+                f"The training file has {plural(train['usable_examples'], 'usable example')}, fewer than one "
+                f"optimizer step ({estimate['examples_per_step']}): every step trains on all of them",
                 level="warn",
             )  # fmt: skip
         add_event(
             session, job_id,
-            f"Files validated: about {estimate['estimated_steps']} steps and {estimate['estimated_tokens']} tokens "
-            f"({estimate['examples_per_step']} examples per step, {hp.n_epochs} epochs)",
+            f"Files validated: {plural(estimate['estimated_steps'], 'step')} and {estimate['estimated_tokens']} "
+            f"tokens to train on ({plural(estimate['examples_per_step'], 'example')} per step, "
+            f"{plural(hp.n_epochs, 'epoch')})",
             data=estimate,
         )  # fmt: skip
         add_event(session, job_id, "Job queued")
@@ -146,7 +147,7 @@ def _check(settings: Settings, model: str, paths: dict, hp: Hyperparameters) -> 
         skipped = train["unsupervised_examples"]
         raise ValidationFailure(
             "invalid_training_file",
-            f"The training file has {train['usable_examples']} usable examples; at least {needed} "
+            f"The training file has {plural(train['usable_examples'], 'usable example')}; at least {needed} "
             f"{'is' if needed == 1 else 'are'} needed. "
             + (f"{describe(train, 'training')}." if skipped["count"] else ""),
             "training_file",
