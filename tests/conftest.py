@@ -14,18 +14,30 @@ import pytest
 from tests.deployments import API_KEY, embedded, production
 from tests.servers import free_port
 
-__all__ = ["API_KEY", "LOCAL_MODEL", "free_port"]
+__all__ = ["API_KEY", "LOCAL_MODEL", "UNMASKABLE_MODEL", "free_port"]
 
 LOCAL_MODEL = "tiny-local"
+# A chat template that renders only the last message: no assistant-only loss mask can be derived from it.
+UNMASKABLE_MODEL = "tiny-unmaskable-template"
+UNMASKABLE_TEMPLATE = "{{ messages[-1]['role'] + ': ' + messages[-1]['content'] }}"
 
 
 @pytest.fixture(scope="session")
 def operator_models(tmp_path_factory) -> dict[str, str]:
-    """An operator-listed base model from a local folder: loaded through the same code as a hub id."""
+    """Operator-listed base models from local folders (loaded through the same code as a hub id): the tiny
+    model, and the tiny model with a chat template no loss mask can be derived from."""
+    from transformers import AutoTokenizer
+
     from training.tiny_model import write_tiny_model
 
-    local_model = write_tiny_model(tmp_path_factory.mktemp("operator-models") / LOCAL_MODEL)
-    return {"LORAQ_BASE_MODELS": json.dumps({LOCAL_MODEL: {"source": str(local_model)}})}
+    folder = tmp_path_factory.mktemp("operator-models")
+    local_model = write_tiny_model(folder / LOCAL_MODEL)
+    unmaskable = write_tiny_model(folder / UNMASKABLE_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(unmaskable)
+    tokenizer.chat_template = UNMASKABLE_TEMPLATE
+    tokenizer.save_pretrained(unmaskable)
+    models = {LOCAL_MODEL: {"source": str(local_model)}, UNMASKABLE_MODEL: {"source": str(unmaskable)}}
+    return {"LORAQ_BASE_MODELS": json.dumps(models)}
 
 
 @pytest.fixture(scope="session", params=["sqlite+embedded-redis", "postgres+redis-server"])

@@ -6,6 +6,7 @@ loraq train --base_model loraq-tiny-chat --train_path data/train.jsonl --output_
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from training.config import Hyperparameters, TrainingConfig
@@ -81,10 +82,16 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from training.run import configure_logging, train  # torch loads only once the flags are good
+    from training.run import configure_logging, describe_failure, train  # torch loads once the flags are good
 
     configure_logging()
-
-    result = train(config_from_args(args))
+    try:
+        result = train(config_from_args(args))
+    except Exception as exc:
+        failure = describe_failure(exc)
+        if failure["code"] == "training_error":
+            raise  # ours: the traceback is what helps
+        print(f"loraq train: {failure['code']}: {failure['message']}", file=sys.stderr)
+        return 1
     print(f"adapter saved to {result.get('adapter_dir')} ({result['steps']} steps, loss {result['train_loss']:.4f})")
     return 0

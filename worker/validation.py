@@ -83,18 +83,11 @@ def validate_job(job_id: str, settings: Settings) -> str:
         logger.exception("validation of %s crashed", job_id)
         return _fail(url, job_id, ValidationFailure("validation_error", f"{type(exc).__name__}: {exc}"[:2000]))
     with session_scope(url) as session:
-        moved = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.validating_files)
-            .values(
-                status=JobStatus.queued,
-                enqueued_at=utcnow(),
-                total_steps=estimate["estimated_steps"],
-                estimated_tokens=estimate["estimated_tokens"],
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        if not moved:
+        queued = _leave_validation(
+            session, job_id, status=JobStatus.queued, enqueued_at=utcnow(),
+            total_steps=estimate["estimated_steps"], estimated_tokens=estimate["estimated_tokens"],
+        )  # fmt: skip
+        if not queued:
             return "skipped"
         job = session.scalars(select(Job).where(Job.id == job_id)).one()
         for role, report in reports.items():
@@ -163,19 +156,24 @@ def _check(settings: Settings, model: str, paths: dict, hp: Hyperparameters) -> 
 
 def _fail(url: str, job_id: str, failure: ValidationFailure) -> str:
     with session_scope(url) as session:
-        moved = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.validating_files)
-            .values(
-                status=JobStatus.failed,
-                finished_at=utcnow(),
-                error={"code": failure.code, "message": failure.message, "param": failure.param},
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        moved = _leave_validation(
+            session, job_id, status=JobStatus.failed, finished_at=utcnow(),
+            error={"code": failure.code, "message": failure.message, "param": failure.param},
+        )  # fmt: skip
         if moved:
             add_event(session, job_id, f"Validation failed: {failure.message}", level="error")
     return "failed" if moved else "skipped"
+
+
+def _leave_validation(session, job_id: str, **values) -> bool:
+    """Move the job on from validating_files; False if it is no longer there (cancelled meanwhile)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.validating_files)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
 
 
 def _keep_report(session, file_id: str, model: str, report: dict) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import UNMASKABLE_MODEL
 from tests.e2e.calls import create_job, events, upload_ok, wait_for
 from tests.facts import chat_rows
 
@@ -66,3 +67,17 @@ def test_cancelling_while_validating_keeps_the_job_cancelled(client):
     after = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
     assert after["status"] == "cancelled" and after["total_steps"] is None
     assert not [e for e in events(client, job["id"]) if e["message"] == "Job queued"]
+
+
+def test_a_template_that_cannot_be_masked_fails_validation_and_train_on_inputs_works(client):
+    file_id = upload_ok(client, chat_rows()[:2])
+    job = create_job(client, file_id, model=UNMASKABLE_MODEL, hyperparameters={"n_epochs": 1}).json()
+    failed = wait_for(client, job["id"], timeout=60)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "invalid_chat_template"
+    assert "line 1" in failed["error"]["message"] and "train_on_inputs" in failed["error"]["message"]
+    assert not [e for e in events(client, job["id"]) if "Training started" in e["message"]]
+    # As the message says: training on whole conversations needs no mask.
+    retry = create_job(
+        client, file_id, model=UNMASKABLE_MODEL, hyperparameters={"n_epochs": 1, "train_on_inputs": True}
+    ).json()
+    assert wait_for(client, retry["id"])["status"] == "succeeded"

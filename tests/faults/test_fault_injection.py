@@ -188,6 +188,25 @@ def test_redis_restarted_without_its_data(stack, client, facts_file):
         check_trained_once(client, finished)
 
 
+def test_validation_message_lost_while_the_validator_is_down(stack, client, facts_file):
+    """A job waiting for validation survives both a stopped validator and a Redis that lost its data: the
+    reconciler (in the workers) sends the validation again, the restarted validator validates it."""
+    stack.stop_process("validator")
+    job = create_job(client, facts_file, hyperparameters=SMALL_JOB).json()
+    stack.redis.stop()
+    time.sleep(1)
+    stack.redis.start()
+    REPORT["faults injected"] += 2
+    time.sleep(2)
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "validating_files"
+    stack.start_process("validator", loraq("validator"))
+    finished = wait_for(client, job["id"], timeout=300)
+    assert finished["status"] == "succeeded", finished["error"]
+    REPORT["jobs completed"] += 1
+    check_trained_once(client, finished)
+    assert any("missing from the broker" in e["message"] for e in events(client, job["id"]))
+
+
 def test_api_restarted_while_a_job_trains(stack, client, facts_file):
     job = create_job(client, facts_file, hyperparameters=SMALL_JOB).json()
     wait_for(client, job["id"], until=("running",))

@@ -48,3 +48,18 @@ def test_build_tiny_command(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "tiny").iterdir()}
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_4bit_without_cuda_is_a_clear_error_not_a_traceback(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows()[:2])
+    command = [
+        sys.executable, "-m", "loraq.cli", "train", "--base_model", "loraq-tiny-chat", "--train_path", str(train),
+        "--output_dir", str(tmp_path / "out"), "--load_in_4bit", "--model_cache_dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "loraq train: unsupported_hardware: hyperparameters.load_in_4bit needs a worker with an NVIDIA GPU" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
