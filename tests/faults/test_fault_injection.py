@@ -190,9 +190,12 @@ def test_redis_restarted_without_its_data(stack, client, facts_file):
 
 def test_validation_message_lost_while_the_validator_is_down(stack, client, facts_file):
     """A job waiting for validation survives both a stopped validator and a Redis that lost its data: the
-    reconciler (in the workers) sends the validation again, the restarted validator validates it."""
+    reconciler (in the workers) sends the validation again, the restarted validator validates it; a job
+    cancelled meanwhile stays cancelled."""
     stack.stop_process("validator")
     job = create_job(client, facts_file, hyperparameters=SMALL_JOB).json()
+    cancelled = create_job(client, facts_file, hyperparameters=SMALL_JOB).json()
+    assert client.post(f"/v1/fine_tuning/jobs/{cancelled['id']}/cancel").json()["status"] == "cancelled"
     stack.redis.stop()
     time.sleep(1)
     stack.redis.start()
@@ -205,6 +208,10 @@ def test_validation_message_lost_while_the_validator_is_down(stack, client, fact
     REPORT["jobs completed"] += 1
     check_trained_once(client, finished)
     assert any("missing from the broker" in e["message"] for e in events(client, job["id"]))
+    # Cancelled while waiting for validation: the validator's outcome never overrides it.
+    after = client.get(f"/v1/fine_tuning/jobs/{cancelled['id']}").json()
+    assert after["status"] == "cancelled" and after["total_steps"] is None
+    assert not [e for e in events(client, cancelled["id"]) if e["message"] == "Job queued"]
 
 
 def test_api_restarted_while_a_job_trains(stack, client, facts_file):
