@@ -157,6 +157,8 @@ def write_shaped_model(folder: Path, shape: str) -> tuple[Path, int]:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the training processes get the whole GPU
     return out, unique - embedding + head
 
 

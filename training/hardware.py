@@ -97,11 +97,13 @@ def available_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def use_gradient_checkpointing(requested, model_config, tokens: int, dtype: torch.dtype) -> bool:
+def use_gradient_checkpointing(requested, model, tokens: int, dtype: torch.dtype) -> bool:
     """`requested` is True, False or "auto" (on only when activations would crowd the device)."""
     if requested != "auto":
         return bool(requested)
-    needed, free = activation_bytes(model_config, tokens, dtype), available_memory_bytes()
+    needed, free = activation_bytes(model.config, tokens, dtype), available_memory_bytes()
+    if torch.cuda.is_available():  # weights still on the CPU will move to the GPU before training
+        free -= sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type != "cuda")
     decision = needed > CHECKPOINTING_MEMORY_SHARE * free
     logger.info(
         "activation checkpointing %s: ~%.1f GiB of activations per micro-batch of %d tokens, %.1f GiB free",

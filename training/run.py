@@ -109,7 +109,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
     train_ds = load_examples(config.train_path, tokenizer, hp)
     eval_ds = load_examples(config.eval_path, tokenizer, hp) if config.eval_path else None
     budget = token_budget([len(ids) for ids in train_ds["input_ids"]], hp.batch_size)
-    checkpointing = use_gradient_checkpointing(hp.gradient_checkpointing, model.config, budget, precision["dtype"])
+    checkpointing = use_gradient_checkpointing(hp.gradient_checkpointing, model, budget, precision["dtype"])
     args = SFTConfig(
         output_dir=config.checkpoint_dir,
         max_length=None,  # truncated to max_seq_length while tokenizing

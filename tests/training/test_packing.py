@@ -112,13 +112,13 @@ def test_checkpointing_is_on_only_when_activations_crowd_memory(monkeypatch):
     from training import hardware
     from training.tiny_model import build_tiny_model
 
-    config = build_tiny_model(vocab_size=768, eos_token_id=1, pad_token_id=0).config
-    per_token = activation_bytes(config, 1, torch.float32)
+    model = build_tiny_model(vocab_size=768, eos_token_id=1, pad_token_id=0)
+    per_token = activation_bytes(model.config, 1, torch.float32)
     monkeypatch.setattr(hardware, "available_memory_bytes", lambda: per_token * 10_000)
-    assert use_gradient_checkpointing("auto", config, 1_000, torch.float32) is False
-    assert use_gradient_checkpointing("auto", config, 8_000, torch.float32) is True
-    assert use_gradient_checkpointing(True, config, 1, torch.float32) is True
-    assert use_gradient_checkpointing(False, config, 10**9, torch.float32) is False
+    assert use_gradient_checkpointing("auto", model, 1_000, torch.float32) is False
+    assert use_gradient_checkpointing("auto", model, 8_000, torch.float32) is True
+    assert use_gradient_checkpointing(True, model, 1, torch.float32) is True
+    assert use_gradient_checkpointing(False, model, 10**9, torch.float32) is False
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a worker without CUDA")
