@@ -174,13 +174,44 @@ def sized_dataset(count: int, seed: int, tokenizer, tokens: int | None) -> list[
     return make_dataset(count, seed, context_words=words)
 
 
+def bare_pass_rate(base_dir: Path, rows: list[dict]) -> float:
+    """Tokens per second of bare forward and backward passes, one conversation each, with the seed's LoRA
+    settings and no optimizer, data loading or trainer: what any recipe that feeds one example per pass
+    can at best reach on this machine."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.loss_masks import tokenize_with_mask
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, attn_implementation="sdpa")
+    projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=projections, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora).train()
+    examples = [torch.tensor([tokenize_with_mask(tokenizer, r["messages"])["input_ids"]]) for r in rows]
+    for ids in examples[:3]:  # warm-up
+        model(input_ids=ids, labels=ids).loss.backward()
+    started = time.perf_counter()
+    for ids in examples:
+        model(input_ids=ids, labels=ids).loss.backward()
+    return sum(ids.numel() for ids in examples) / (time.perf_counter() - started)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--examples", type=int, default=96, help="Training conversations")
     parser.add_argument("--epochs", type=int, default=3, help="--num_train_epochs for both (the seed's 3)")
     parser.add_argument("--shape", choices=["tiny", *QWEN25_SHAPES], default="tiny", help="Model to train")
     parser.add_argument("--tokens", type=int, default=None, help="Grow conversations to about this many tokens")
+    parser.add_argument("--bare-pass", nargs=2, metavar=("MODEL", "JSONL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bare_pass:
+        from loraq.dataset_format import read_examples
+
+        model_dir, data = args.bare_pass
+        print(f"bare_pass_tokens_per_second={bare_pass_rate(Path(model_dir), read_examples(data)):.1f}")
+        return 0
 
     from transformers import AutoTokenizer
 
@@ -225,7 +256,13 @@ def main() -> int:
         }  # fmt: skip
     for r in results.values():
         r["loss"] = held_out_loss(base, r["adapter"], held_out_rows) if held_out_rows else None
-    print_results(args, results, flop_params)
+    ceiling = None
+    if args.shape == "tiny":  # in a fresh process, like the recipes (the models loaded here slow this one)
+        _, _, output = run(
+            [sys.executable, "bench/seed_vs_loraq.py", "--bare-pass", str(base), str(train)], folder / "bare.log"
+        )
+        ceiling = float(re.findall(r"bare_pass_tokens_per_second=([\d.]+)", output)[-1])
+    print_results(args, results, flop_params, ceiling)
     print(f"(data and logs in {folder})")
     return 0
 
@@ -235,7 +272,7 @@ def _found(pattern: str, text: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def print_results(args, results: dict, flop_params: int | None) -> None:
+def print_results(args, results: dict, flop_params: int | None, ceiling: float | None) -> None:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPUs"
@@ -255,6 +292,8 @@ def print_results(args, results: dict, flop_params: int | None) -> None:
             f"| {r['rss']} | {r['gpu'] if r['gpu'] is not None else 'n/a'} | {mfu} "
             f"| {loss} |"
         )
+    if ceiling:
+        print(f"| ceiling: bare forward+backward, one conversation per pass | {ceiling:.0f} | | | | | | | |")
     print()
     seed = results["seed recipe"]
     for name in ("loraq train", "loraq train, checkpointing on"):
@@ -266,6 +305,8 @@ def print_results(args, results: dict, flop_params: int | None) -> None:
         if r["loss"] is not None:
             line += f", held-out assistant loss {r['loss']:.3f} vs {seed['loss']:.3f}"
         print(line)
+    if ceiling:
+        print(f"ceiling / seed recipe: {ceiling / seed['all'] * seed['runtime']:.2f}x")
 
 
 if __name__ == "__main__":
