@@ -28,7 +28,11 @@ def _cmd_worker(args) -> int:
     if args.gpus:
         from worker.gpu_fleet import run_fleet
 
-        return run_fleet([g.strip() for g in args.gpus.split(",") if g.strip()], queues, args.name)
+        return run_fleet([g.strip() for g in args.gpus.split(",") if g.strip()], queues, args.name, args.threads)
+    if args.threads:
+        from worker.gpu_fleet import thread_environment
+
+        os.environ.update(thread_environment(args.threads))
     os.execv(sys.executable, worker_command(queues, args.name))
 
 
@@ -123,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpus",
         default=None,
         help="Comma-separated GPU indices: one worker process per GPU, each seeing only its device",
+    )
+    worker.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per training process (default: all cores; with --gpus, an equal share per GPU)",
     )
     worker.set_defaults(func=_cmd_worker)
 

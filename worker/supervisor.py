@@ -95,7 +95,10 @@ class JobSupervisor:
                 session, self.job_id,
                 f"Fine-tuning job started (attempt {job.attempts}) on {self.worker_id}"
                 + (f", GPU {devices}" if devices else ""),
-                data={"worker": self.worker_id, "attempt": job.attempts, "cuda_visible_devices": devices},
+                data={
+                    "worker": self.worker_id, "attempt": job.attempts, "cuda_visible_devices": devices,
+                    "cpu_threads": int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1),
+                },
             )  # fmt: skip
             if config.resume_from:
                 step = step_of(Path(config.resume_from))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -63,6 +64,8 @@ def test_worker_per_gpu_sees_only_its_device(fleet):
             wait_for_event(client, job["id"], "metrics", timeout=120)
         starts = [_start_events(client, job["id"])[0]["data"] for job in jobs]
         assert sorted(s["cuda_visible_devices"] for s in starts) == ["0", "1"]
+        # The machine's cores are shared between the two workers' training processes.
+        assert [s["cpu_threads"] for s in starts] == [max(1, os.cpu_count() // 2)] * 2
         for start in starts:
             node = re.match(r"box-gpu(\d)@", start["worker"])
             assert node and node.group(1) == start["cuda_visible_devices"]
