@@ -88,13 +88,13 @@ def run(command: list[str], log: Path) -> tuple[float, int, str]:
 
 
 def token_counts(tokenizer, rows: list[dict]) -> dict[str, int]:
-    from training.loss_masks import tokenize_with_mask
+    from training.loss_masks import supervised_count, tokenize_with_mask
 
     total = supervised = 0
     for row in rows:
         example = tokenize_with_mask(tokenizer, row["messages"])
         total += len(example["input_ids"])
-        supervised += sum(label != -100 for label in example["labels"])
+        supervised += supervised_count(example["labels"])
     return {"all": total, "supervised": supervised}
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from loraq.dataset_format import read_numbered_examples
-from training.loss_masks import IGNORE_INDEX, MaskError, tokenize_with_mask
+from training.loss_masks import MaskError, supervised_count, tokenize_with_mask
 
 LISTED_LINES = 20  # line numbers listed per finding; the counts are always complete
 
@@ -38,11 +38,10 @@ def file_report(path: str | Path, tokenizer, max_seq_length: int, train_on_input
         except MaskError as exc:
             raise MaskError(f"line {line}: {exc}") from None
         length = len(full["input_ids"])
-        kept = full["labels"][:max_seq_length]
-        kept_supervised = sum(label != IGNORE_INDEX for label in kept[1:])  # the first token is never predicted
+        kept_supervised = supervised_count(full["labels"][:max_seq_length])
         examples += 1
         tokens += length
-        supervised += sum(label != IGNORE_INDEX for label in full["labels"][1:])
+        supervised += supervised_count(full["labels"])
         longest = max(longest, length)
         if length > max_seq_length:
             long_count += 1

@@ -14,8 +14,18 @@ from __future__ import annotations
 IGNORE_INDEX = -100
 
 
+# What a user can do when a template cannot be masked (said by training and by the validation stage).
+MASK_REMEDY = "Set hyperparameters.train_on_inputs to true to train on whole conversations."
+
+
 class MaskError(ValueError):
     """The loss mask cannot be derived for this conversation with this template."""
+
+
+def supervised_count(labels: list[int]) -> int:
+    """Tokens the loss covers. The first token is never predicted, so its label does not count; an example
+    with none is skipped by training and reported as such by the validation stage (one rule for both)."""
+    return sum(label != IGNORE_INDEX for label in labels[1:])
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool) -> str:

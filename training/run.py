@@ -38,7 +38,7 @@ from training.hardware import (
     quantization_config,
     use_gradient_checkpointing,
 )
-from training.loss_masks import IGNORE_INDEX, MaskError, tokenize_with_mask
+from training.loss_masks import MASK_REMEDY, MaskError, supervised_count, tokenize_with_mask
 from training.packing import PackedSFTTrainer, token_budget
 from training.progress import ProgressCallback, ProgressWriter
 from training.results import write_samples, write_step_metrics
@@ -68,7 +68,7 @@ def load_examples(path: str, tokenizer, hp) -> Dataset:
             row = tokenize_with_mask(tokenizer, example["messages"], hp.max_seq_length, hp.train_on_inputs)
         except MaskError as exc:
             raise MaskError(f"{Path(path).name}, line {line}: {exc}") from None
-        if any(label != IGNORE_INDEX for label in row["labels"][1:]):  # else nothing to learn: skipped
+        if supervised_count(row["labels"]):  # else nothing to learn: skipped
             rows.append(row)
     return Dataset.from_list(rows)
 
@@ -264,8 +264,7 @@ def describe_failure(exc: BaseException) -> dict:
     if isinstance(exc, MaskError):
         return {
             "code": "invalid_chat_template",
-            "message": f"Cannot train on assistant tokens only: {exc}. "
-            "Set hyperparameters.train_on_inputs to true to train on whole conversations.",
+            "message": f"Cannot train on assistant tokens only: {exc}. {MASK_REMEDY}",
         }
     if isinstance(exc, HardwareError):
         return {"code": "unsupported_hardware", "message": str(exc)}

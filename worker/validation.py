@@ -24,7 +24,7 @@ from models.base import utcnow
 from models.session import session_scope
 from training.config import Hyperparameters
 from training.data_report import describe, file_report, plural, training_estimate
-from training.loss_masks import MaskError
+from training.loss_masks import MASK_REMEDY, MaskError
 from worker.celery_app import VALIDATE_JOB_TASK, celery_app, send_job
 from worker.claims import add_event
 
@@ -131,7 +131,7 @@ def _check(settings: Settings, model: str, paths: dict, hp: Hyperparameters) -> 
             raise ValidationFailure(
                 "invalid_chat_template",
                 f"Cannot train on assistant tokens only with the chat template of '{model}': {role} file, {exc}. "
-                "Set hyperparameters.train_on_inputs to true to train on whole conversations.",
+                + MASK_REMEDY,
                 f"{role}_file",
             ) from None
     train = reports["training"]
