@@ -223,15 +223,20 @@ class JobSupervisor:
     def _apply(self, records: list[dict[str, Any]], outcome: RunOutcome) -> None:
         if not records:
             return
+        # Archives are written before the transaction opens: no database transaction waits on file I/O.
+        archives = {
+            r["step"]: self._archive_checkpoint(Path(r["path"]), r["step"])
+            for r in records
+            if r["type"] == "checkpoint"
+        }
         with session_scope(self.db) as session:
             for record in records:
                 kind = record["type"]
                 if kind == "metrics":
                     record_metrics(session, self.job_id, self.worker_id, record)
                 elif kind == "checkpoint":
-                    path = Path(record["path"])
-                    archive = self._archive_checkpoint(path, record["step"])
-                    key = self.storage.relative(path)
+                    key = self.storage.relative(Path(record["path"]))
+                    archive = archives[record["step"]]
                     record_checkpoint(session, self.job_id, record, key, attempt=self.attempt, archive=archive)
                 elif kind == "evaluation":
                     loss = record.get("eval_loss")
