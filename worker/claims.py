@@ -73,16 +73,16 @@ def record_metrics(session: Session, job_id: str, worker_id: str, record: dict[s
     job.total_steps, job.completed_steps = total, step
     job.trained_tokens = record.get("tokens_seen")
     job.tokens_per_second = record.get("tokens_per_second")
-    job.estimated_finish = estimate_finish(job, now, step, total, record.get("tokens_seen"), job.tokens_per_second)
+    job.estimated_finish = estimate_finish(job, now)
 
 
-def estimate_finish(job: Job, now, step: int, total: int, tokens_seen: int | None, tokens_per_second: float | None):
-    """The tokens left (from the validation stage's count) at the measured speed; else the steps left at the
-    average time per step so far."""
-    if job.estimated_tokens and tokens_seen is not None and tokens_per_second:
-        return now + timedelta(seconds=max(job.estimated_tokens - tokens_seen, 0) / tokens_per_second)
-    if job.started_at and step:
-        return now + (now - job.started_at) / step * max(total - step, 0)
+def estimate_finish(job: Job, now):
+    """From the job's progress: the tokens left (against the validation stage's count) at the measured
+    speed; else the steps left at the average time per step so far."""
+    if job.estimated_tokens and job.trained_tokens is not None and job.tokens_per_second:
+        return now + timedelta(seconds=max(job.estimated_tokens - job.trained_tokens, 0) / job.tokens_per_second)
+    if job.started_at and job.completed_steps:
+        return now + (now - job.started_at) / job.completed_steps * max(job.total_steps - job.completed_steps, 0)
     return None
 
 

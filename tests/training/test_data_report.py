@@ -81,9 +81,10 @@ def test_a_template_that_cannot_be_masked_names_the_line(tmp_path, tokenizer):
 
 def test_estimated_finish_uses_tokens_left_at_the_measured_speed():
     now = utcnow()
-    job = Job(estimated_tokens=10_000, started_at=now - timedelta(seconds=50))
-    assert estimate_finish(job, now, 10, 100, tokens_seen=2_000, tokens_per_second=400.0) == now + timedelta(seconds=20)
+    job = Job(
+        estimated_tokens=10_000, started_at=now - timedelta(seconds=50), completed_steps=10, total_steps=100,
+        trained_tokens=2_000, tokens_per_second=400.0,
+    )  # fmt: skip
+    assert estimate_finish(job, now) == now + timedelta(seconds=20)
     job.estimated_tokens = None  # an older job: steps left at the average step time
-    assert estimate_finish(job, now, 10, 100, tokens_seen=2_000, tokens_per_second=400.0) == now + timedelta(
-        seconds=450
-    )
+    assert estimate_finish(job, now) == now + timedelta(seconds=450)
