@@ -21,7 +21,7 @@ def _cmd_api(args) -> int:
 
 
 def _cmd_worker(args) -> int:
-    from loraq.launch import worker_command
+    from loraq.launch import thread_environment, worker_command
     from loraq.settings import get_settings
 
     queues = args.queues or get_settings().queue
@@ -30,8 +30,6 @@ def _cmd_worker(args) -> int:
 
         return run_fleet([g.strip() for g in args.gpus.split(",") if g.strip()], queues, args.name, args.threads)
     if args.threads:
-        from worker.gpu_fleet import thread_environment
-
         os.environ.update(thread_environment(args.threads))
     os.execv(sys.executable, worker_command(queues, args.name))
 

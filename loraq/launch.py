@@ -30,6 +30,11 @@ def api_command(host: str, port: int, workers: int = 1) -> list[str]:
             "--workers", str(workers), "--no-access-log"]  # fmt: skip
 
 
+def thread_environment(threads: int) -> dict[str, str]:
+    """Caps the intra-op threads of torch (and the BLAS below it) in the processes that inherit it."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 def spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
     # Own session: Ctrl-C at the terminal reaches only the parent, which stops its children in order.
     return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -80,7 +80,7 @@ def activation_bytes(model_config, tokens: int, dtype: torch.dtype) -> int:
     hidden = text.hidden_size
     intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
     per_layer = ACTIVATION_ELEMENTS_PER_HIDDEN * hidden + ACTIVATION_ELEMENTS_PER_INTERMEDIATE * intermediate
-    return tokens * text.num_hidden_layers * per_layer * torch.tensor([], dtype=dtype).element_size()
+    return tokens * text.num_hidden_layers * per_layer * dtype.itemsize
 
 
 def available_memory_bytes() -> int:

@@ -34,9 +34,10 @@ def send_job(job_id: str, queue: str) -> None:
     celery_app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
 
 
-def send_validation(job_id: str, queue: str | None = None) -> None:
-    """Send a new job to the validators (`loraq validator`); callers commit the job row first."""
-    celery_app.send_task(VALIDATE_JOB_TASK, args=[job_id], queue=queue or get_settings().validation_queue)
+def send_validation(job_id: str, queue: str) -> None:
+    """Send a new job to the validators (`loraq validator`) on LORAQ_VALIDATION_QUEUE; callers commit the job
+    row first."""
+    celery_app.send_task(VALIDATE_JOB_TASK, args=[job_id], queue=queue)
 
 
 _settings = get_settings()

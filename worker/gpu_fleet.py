@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 
-from loraq.launch import spawn, worker_command
+from loraq.launch import spawn, thread_environment, worker_command
 
 logger = logging.getLogger("loraq.worker")
 
@@ -24,11 +24,6 @@ STOP_TIMEOUT_SECONDS = 60.0
 def gpu_environment(gpu: str, threads: int) -> dict[str, str]:
     """One GPU, and its share of the CPU cores for the training process's CPU-side threads."""
     return dict(os.environ, CUDA_VISIBLE_DEVICES=gpu, CUDA_DEVICE_ORDER="PCI_BUS_ID", **thread_environment(threads))
-
-
-def thread_environment(threads: int) -> dict[str, str]:
-    """Caps the intra-op threads of torch (and the BLAS below it) in the processes that inherit it."""
-    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def run_fleet(gpus: list[str], queues: str, name: str, threads: int | None = None) -> int:
