@@ -16,6 +16,7 @@ Imports no torch: the validator process only needs a tokenizer.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,32 +26,37 @@ from training.loss_masks import MaskError, supervised_count, tokenize_with_mask
 LISTED_LINES = 20  # line numbers listed per finding; the counts are always complete
 
 
+def tokenized_lines(
+    path: str | Path, tokenizer, max_length: int | None, train_on_inputs: bool
+) -> Iterator[tuple[int, dict[str, list[int]]]]:
+    """(line number, tokens and labels) for every example of a file, as training tokenizes them. Raises
+    MaskError naming the file and the line when the template cannot be masked."""
+    for line, example in read_numbered_examples(path):
+        try:
+            yield line, tokenize_with_mask(tokenizer, example["messages"], max_length, train_on_inputs)
+        except MaskError as exc:
+            raise MaskError(f"{Path(path).name}, line {line}: {exc}") from None
+
+
 def file_report(path: str | Path, tokenizer, max_seq_length: int, train_on_inputs: bool) -> dict[str, Any]:
     """Token figures of one chat JSONL file. Raises MaskError naming the line when masks cannot be derived."""
     examples = tokens = supervised = trained_tokens = usable = longest = 0
-    long_lines: list[int] = []
-    long_count = 0
-    skipped_lines: list[int] = []
-    skipped_count = 0
-    for line, example in read_numbered_examples(path):
-        try:
-            full = tokenize_with_mask(tokenizer, example["messages"], None, train_on_inputs)
-        except MaskError as exc:
-            raise MaskError(f"line {line}: {exc}") from None
+    long = {"count": 0, "lines": [], "action": f"truncated to {max_seq_length} tokens"}
+    skipped = {
+        "count": 0,
+        "lines": [],
+        "action": "skipped: no assistant tokens to learn from (no reply with weight 1, or all cut by truncation)",
+    }
+    for line, full in tokenized_lines(path, tokenizer, None, train_on_inputs):
         length = len(full["input_ids"])
-        kept_supervised = supervised_count(full["labels"][:max_seq_length])
         examples += 1
         tokens += length
         supervised += supervised_count(full["labels"])
         longest = max(longest, length)
         if length > max_seq_length:
-            long_count += 1
-            if len(long_lines) < LISTED_LINES:
-                long_lines.append(line)
-        if kept_supervised == 0:
-            skipped_count += 1
-            if len(skipped_lines) < LISTED_LINES:
-                skipped_lines.append(line)
+            _note(long, line)
+        if not supervised_count(full["labels"][:max_seq_length]):
+            _note(skipped, line)
             continue
         usable += 1
         trained_tokens += min(length, max_seq_length)
@@ -60,15 +66,17 @@ def file_report(path: str | Path, tokenizer, max_seq_length: int, train_on_input
         "supervised_tokens": supervised,
         "max_example_tokens": longest,
         "max_seq_length": max_seq_length,
-        "long_examples": {"count": long_count, "lines": long_lines, "action": f"truncated to {max_seq_length} tokens"},
-        "unsupervised_examples": {
-            "count": skipped_count,
-            "lines": skipped_lines,
-            "action": "skipped: no assistant tokens to learn from (no reply with weight 1, or all cut by truncation)",
-        },
+        "long_examples": long,
+        "unsupervised_examples": skipped,
         "usable_examples": usable,
         "trained_tokens_per_epoch": trained_tokens,
     }
+
+
+def _note(finding: dict[str, Any], line: int) -> None:
+    finding["count"] += 1
+    if len(finding["lines"]) < LISTED_LINES:
+        finding["lines"].append(line)
 
 
 def training_estimate(report: dict[str, Any], batch_size: int, gradient_accumulation_steps: int, epochs: int) -> dict:

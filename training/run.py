@@ -27,10 +27,10 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from trl import SFTConfig
 
-from loraq.dataset_format import read_numbered_examples
 from loraq.storage import sha256_of, staged_directory
 from training.attention import pick_attention_implementation
 from training.config import TrainingConfig
+from training.data_report import tokenized_lines
 from training.hardware import (
     HardwareError,
     fused_kernels_available,
@@ -38,7 +38,7 @@ from training.hardware import (
     quantization_config,
     use_gradient_checkpointing,
 )
-from training.loss_masks import MASK_REMEDY, MaskError, supervised_count, tokenize_with_mask
+from training.loss_masks import MASK_REMEDY, MaskError, supervised_count
 from training.packing import PackedSFTTrainer, token_budget
 from training.progress import ProgressCallback, ProgressWriter
 from training.results import write_samples, write_step_metrics
@@ -62,15 +62,8 @@ def load_examples(path: str, tokenizer, hp) -> Dataset:
     """Chat rows tokenized with their labels: assistant replies only (see training.loss_masks) unless
     `train_on_inputs`, truncated to `max_seq_length`; rows left with no supervised token are skipped, as
     the validation report (training.data_report) says."""
-    rows = []
-    for line, example in read_numbered_examples(path):
-        try:
-            row = tokenize_with_mask(tokenizer, example["messages"], hp.max_seq_length, hp.train_on_inputs)
-        except MaskError as exc:
-            raise MaskError(f"{Path(path).name}, line {line}: {exc}") from None
-        if supervised_count(row["labels"]):  # else nothing to learn: skipped
-            rows.append(row)
-    return Dataset.from_list(rows)
+    rows = tokenized_lines(path, tokenizer, hp.max_seq_length, hp.train_on_inputs)
+    return Dataset.from_list([row for _, row in rows if supervised_count(row["labels"])])  # else skipped
 
 
 def load_model(config: TrainingConfig, model_path: str, precision: dict):
