@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import select
 
 from loraq.base_models import find_model
@@ -15,10 +17,7 @@ def build_training_config(job: Job, settings: Settings, storage: Storage, sessio
     entry = find_model(settings, job.model)
     if entry is None:
         raise LookupError(f"base model {job.model!r} is no longer offered by this server")
-    files = {
-        f.id: storage.resolve(f.storage_key)
-        for f in session.scalars(select(FileRecord).where(FileRecord.id.in_(_job_files(job))))
-    }
+    files = job_file_paths(job, storage, session)
     job_dir = storage.job_dir(job.id)
     return TrainingConfig(
         base_model=entry.source,
@@ -28,7 +27,7 @@ def build_training_config(job: Job, settings: Settings, storage: Storage, sessio
         eval_path=str(files[job.validation_file]) if job.validation_file else None,
         output_dir=str(storage.adapter_dir(job.id)),
         checkpoint_dir=str(storage.checkpoints_dir(job.id)),
-        results_dir=str(storage.job_dir(job.id) / "results"),
+        results_dir=str(job_dir / "results"),
         progress_path=str(job_dir / "progress.jsonl"),
         stop_path=str(job_dir / "stop"),
         seed=job.seed,
@@ -37,5 +36,9 @@ def build_training_config(job: Job, settings: Settings, storage: Storage, sessio
     )
 
 
-def _job_files(job: Job) -> list[str]:
-    return [f for f in (job.training_file, job.validation_file) if f]
+def job_file_paths(job: Job, storage: Storage, session) -> dict[str, Path]:
+    """Where the job's training (and validation) file is stored, by file id."""
+    ids = [f for f in (job.training_file, job.validation_file) if f]
+    return {
+        f.id: storage.resolve(f.storage_key) for f in session.scalars(select(FileRecord).where(FileRecord.id.in_(ids)))
+    }

@@ -27,6 +27,7 @@ from training.data_report import describe, file_report, plural, training_estimat
 from training.loss_masks import MASK_REMEDY, MaskError
 from worker.celery_app import VALIDATE_JOB_TASK, celery_app, send_job
 from worker.claims import add_event
+from worker.job_config import job_file_paths
 
 logger = logging.getLogger("loraq.validator")
 
@@ -68,11 +69,8 @@ def validate_job(job_id: str, settings: Settings) -> str:
         job = session.scalars(select(Job).where(Job.id == job_id)).one_or_none()
         if job is None or job.status != JobStatus.validating_files:
             return "skipped"
-        files = {
-            f.id: f for f in session.scalars(select(FileRecord).where(FileRecord.id.in_(_job_files(job))))
-        }  # fmt: skip
-        storage = Storage(settings.resolved_storage_root)
-        paths = {role: storage.resolve(files[file_id].storage_key) for role, file_id in _roles(job)}
+        files = job_file_paths(job, Storage(settings.resolved_storage_root), session)
+        paths = {role: files[file_id] for role, file_id in _roles(job)}
         hp = Hyperparameters.model_validate(job.hyperparameters)
         model, queue = job.model, job.queue
     try:
@@ -187,7 +185,3 @@ def _roles(job: Job) -> list[tuple[str, str]]:
     if job.validation_file:
         roles.append(("validation", job.validation_file))
     return roles
-
-
-def _job_files(job: Job) -> list[str]:
-    return [file_id for _, file_id in _roles(job)]
