@@ -28,6 +28,7 @@ from loraq.base_models import find_model
 from loraq.storage import ChecksumVerifier, Storage
 from models import Checkpoint, FileRecord, FileStatus, Job, JobEvent, JobStatus, new_id, utcnow
 from worker.celery_app import send_validation
+from worker.claims import add_event
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 logger = logging.getLogger("loraq.api")
@@ -78,10 +79,6 @@ def _check_active_jobs(session, principal, settings) -> None:
         )
 
 
-def _add_event(session, job_id: str, message: str) -> None:
-    session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, message=message))
-
-
 @router.post("", response_model=JobPublic)
 def create_job(
     body: JobCreate, session: SessionDep, principal: CurrentOwner, settings: SettingsDep,
@@ -125,8 +122,8 @@ def create_job(
     )
     session.add(job)
     session.flush()
-    _add_event(session, job.id, f"Created fine-tuning job: {job.id}")
-    _add_event(session, job.id, "Validating training file" + (" and validation file" if job.validation_file else ""))
+    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    add_event(session, job.id, "Validating training file" + (" and validation file" if job.validation_file else ""))
     public = JobPublic.of(job)
     complete(record, 200, public.model_dump(mode="json"))
     after_commit(session, lambda: send_validation(job.id, settings.validation_queue))
@@ -171,7 +168,7 @@ def cancel_job(job: JobDep, session: SessionDep):
         session.refresh(job)
         return cancel_job(job, session)
     note = "; training stops at its next step" if was == JobStatus.running else ""
-    _add_event(session, job.id, f"Job cancelled{note}")
+    add_event(session, job.id, f"Job cancelled{note}")
     session.flush()
     session.refresh(job)
     return JobPublic.of(job)
