@@ -38,6 +38,19 @@ def wait_for(client: httpx.Client, job_id: str, until=FINISHED, timeout: float =
     raise AssertionError(f"job {job_id} still {job['status']} after {timeout}s")
 
 
+def first_running(client: httpx.Client, jobs: list[dict], timeout: float = 180) -> tuple[dict, ...]:
+    """`jobs` reordered with the one a worker took first at the front. Jobs validate concurrently, so the
+    order they reach the workers need not be the order they were created in."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = [client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] for job in jobs]
+        if "running" in statuses:
+            first = statuses.index("running")
+            return (jobs[first], *jobs[:first], *jobs[first + 1 :])
+        time.sleep(0.3)
+    raise AssertionError(f"none of the jobs running after {timeout}s: {statuses}")
+
+
 def events(client: httpx.Client, job_id: str) -> list[dict]:
     """All events, oldest first."""
     collected, after = [], None

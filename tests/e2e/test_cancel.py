@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.e2e.calls import create_job, events, upload_ok, wait_for, wait_for_event
+from tests.e2e.calls import create_job, events, first_running, upload_ok, wait_for, wait_for_event
 from tests.facts import chat_rows
 
 pytestmark = pytest.mark.e2e
@@ -16,10 +16,9 @@ LONG = {"n_epochs": 500, "gradient_accumulation_steps": 1, "logging_steps": 5, "
 
 def test_cancel_running_then_queued(client):
     file_id = upload_ok(client, chat_rows())
-    running = create_job(client, file_id, hyperparameters=LONG).json()
-    queued = create_job(client, file_id, hyperparameters=LONG).json()  # one worker: waits behind `running`
-
-    wait_for(client, running["id"], until=("running",))
+    pair = [create_job(client, file_id, hyperparameters=LONG).json() for _ in range(2)]
+    # Validation runs two at a time, so either job may reach the one worker first; the other waits behind it.
+    running, queued = first_running(client, pair)
     wait_for_event(client, running["id"], "metrics")
     assert wait_for(client, queued["id"], until=("queued",))["status"] == "queued"
 

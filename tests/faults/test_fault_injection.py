@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.deployments import loraq, production
-from tests.e2e.calls import create_job, events, upload_ok, wait_for
+from tests.e2e.calls import create_job, events, first_running, upload_ok, wait_for
 from tests.facts import FACTS, MEMORISE, chat_rows, greedy_answers
 
 pytestmark = pytest.mark.e2e
@@ -176,7 +176,7 @@ def test_kill_9_while_a_checkpoint_is_written(stack, client, facts_file, referen
 
 def test_redis_restarted_without_its_data(stack, client, facts_file):
     jobs = [create_job(client, facts_file, hyperparameters=SMALL_JOB).json() for _ in range(4)]
-    wait_for(client, jobs[0]["id"], until=("running",))
+    first_running(client, jobs)
     stack.redis.stop()  # queued messages are gone with it
     time.sleep(1)
     stack.redis.start()
