@@ -12,11 +12,15 @@ examples share a forward pass instead of each paying for one.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from typing import Any
 
 import torch
 from trl import SFTTrainer
+
+from training.lora_dropout import fuse_lora_dropout
+from training.supervised_head import score_supervised_positions_only
 
 ROW_KEYS = ("input_ids", "labels", "position_ids", "seq_idx", "shift_labels")
 SPAN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k")
@@ -66,18 +70,37 @@ class PackedSFTTrainer(SFTTrainer):
     """SFTTrainer whose training step is one optimizer step's examples, run as token-budgeted micro-batches.
 
     `num_items_in_batch` (the step's supervised tokens) normalises every micro-batch's loss, so the
-    gradients add up to exactly the step's token-mean loss, as with gradient accumulation.
+    gradients add up to exactly the step's token-mean loss, as with gradient accumulation. On a CPU, LoRA
+    dropout runs fused into the adapters (training.lora_dropout); everywhere, the LM head scores only
+    supervised positions (training.supervised_head): same results, less time and memory.
     """
 
     def __init__(self, *args, token_budget: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.token_budget = token_budget
+        if self.args.device.type == "cpu":
+            fuse_lora_dropout(self.model)
+        score_supervised_positions_only()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if "cu_seq_lens_q" not in inputs:
             return super().training_step(model, inputs, num_items_in_batch)
         total = None
-        for micro_batch in split_packed_batch(inputs, self.token_budget):
-            loss = super().training_step(model, micro_batch, num_items_in_batch)
-            total = loss if total is None else total + loss
+        with _train_mode_set_once(model):
+            for micro_batch in split_packed_batch(inputs, self.token_budget):
+                loss = super().training_step(model, micro_batch, num_items_in_batch)
+                total = loss if total is None else total + loss
         return total
+
+
+@contextlib.contextmanager
+def _train_mode_set_once(model: torch.nn.Module):
+    """Trainer.training_step calls `model.train()` for every micro-batch, walking every module of the model
+    (a few per cent of a step on small models); within one optimizer step nothing leaves training mode, so
+    it is done once here and is a no-op until the step's micro-batches are done."""
+    model.train()
+    model.train = lambda mode=True: model  # an instance attribute, shadowing the method
+    try:
+        yield
+    finally:
+        del model.train
