@@ -21,5 +21,5 @@ for shape in ${shapes[*]}; do
     *) echo "unknown shape $shape (0.5b or 7b)" >&2; exit 2 ;;
   esac
   echo "== qwen2.5-$shape shape =="
-  "$python" bench/seed_vs_loraq.py --shape "qwen2.5-$shape" --tokens 1984 --examples "$examples" --epochs 1
+  "$python" bench/seed_vs_loraq.py --shape "qwen2.5-$shape" --tokens 1984 --examples "$examples" --epochs 1 --repeats 1
 done

@@ -1,6 +1,7 @@
 """The seed recipe (bench/seed_recipe.py) against `loraq train`, same flags, model and data, one command.
 
-    python bench/seed_vs_loraq.py [--examples 96] [--epochs 3] [--shape tiny|qwen2.5-0.5b|qwen2.5-7b] [--tokens N]
+    python bench/seed_vs_loraq.py [--examples 96] [--epochs 3] [--repeats 3]
+                                  [--shape tiny|qwen2.5-0.5b|qwen2.5-7b] [--tokens N]
 
 All run the seed's default flags on the same model and a generated chat dataset (long system and user
 prompts, short replies, like most SFT data): the built-in tiny model by default, or a random-initialised
@@ -9,7 +10,8 @@ tokens processed and over supervised tokens (the seed recipe supervises every to
 loraq only the replies), training wall time, peak memory (max RSS of the training process; on a GPU also
 peak GPU memory and model FLOPs utilisation, counting LoRA training as 4 x parameters x tokens), and, on
 the tiny model, the loss on the assistant tokens of a held-out file, since that is what both adapters
-are for.
+are for. Timings on a shared machine drift from one minute to the next, so the recipes run in `--repeats`
+rounds, one after another within each round; medians are reported, with every round's speed ratio.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -204,6 +207,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="--num_train_epochs for both (the seed's 3)")
     parser.add_argument("--shape", choices=["tiny", *QWEN25_SHAPES], default="tiny", help="Model to train")
     parser.add_argument("--tokens", type=int, default=None, help="Grow conversations to about this many tokens")
+    parser.add_argument("--repeats", type=int, default=3, help="Rounds of all recipes; medians are reported")
     parser.add_argument("--bare-pass", nargs=2, metavar=("MODEL", "JSONL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_pass:
@@ -230,30 +234,8 @@ def main() -> int:
     # The seed's defaults for everything else: lr 1e-4, batch 1 x grad-accum 4, max length 2048, r 16, ...
 
     counts = token_counts(tokenizer, rows)
-    epochs = args.epochs
-    seed_wall, seed_rss, seed_log = run(
-        [sys.executable, "bench/seed_recipe.py", *flags, "--output_dir", str(folder / "seed")], folder / "seed.log"
-    )
-    results = {
-        "seed recipe": {
-            "runtime": float(re.findall(r"'train_runtime': '?([\d.]+)", seed_log)[-1]),
-            "wall": seed_wall, "rss": seed_rss, "all": counts["all"] * epochs, "supervised": counts["all"] * epochs,
-            "gpu": _found(r"peak_device_memory_mib=(\d+)", seed_log), "adapter": folder / "seed",
-        }
-    }  # fmt: skip
-    # loraq as it runs by default (activation checkpointing only when memory needs it), and with
-    # checkpointing forced on, the seed recipe's memory-saving setting under TRL 1.x.
-    for name, extra in (("loraq train", []), ("loraq train, checkpointing on", ["--gradient_checkpointing", "true"])):
-        out = folder / name.replace(" ", "_").replace(",", "")
-        wall, rss, _ = run(
-            [sys.executable, "-m", "loraq.cli", "train", *flags, *extra, "--output_dir", str(out)],
-            out.with_suffix(".log"),
-        )
-        metrics = json.loads((out / "loraq.json").read_text())["metrics"]
-        results[name] = {
-            "runtime": metrics["train_runtime_s"], "wall": wall, "rss": rss, "all": counts["all"] * epochs,
-            "supervised": counts["supervised"] * epochs, "gpu": metrics.get("peak_device_memory_mib"), "adapter": out,
-        }  # fmt: skip
+    rounds = [run_round(flags, folder, counts, args.epochs, number) for number in range(args.repeats)]
+    results = {name: median_result([r[name] for r in rounds]) for name in rounds[0]}
     for r in results.values():
         r["loss"] = held_out_loss(base, r["adapter"], held_out_rows) if held_out_rows else None
     ceiling = None
@@ -265,6 +247,49 @@ def main() -> int:
     print_results(args, results, flop_params, ceiling)
     print(f"(data and logs in {folder})")
     return 0
+
+
+def run_round(flags: list[str], folder: Path, counts: dict, epochs: int, number: int) -> dict:
+    """One run of each recipe, one after the other: the seed recipe, loraq as it runs by default
+    (activation checkpointing only when memory needs it), and loraq with checkpointing forced on, the seed
+    recipe's memory-saving setting under TRL 1.x."""
+    seed_dir = folder / f"seed-{number}"
+    seed_wall, seed_rss, seed_log = run(
+        [sys.executable, "bench/seed_recipe.py", *flags, "--output_dir", str(seed_dir)], seed_dir.with_suffix(".log")
+    )
+    results = {
+        "seed recipe": {
+            "runtime": float(re.findall(r"'train_runtime': '?([\d.]+)", seed_log)[-1]),
+            "wall": seed_wall, "rss": seed_rss, "all": counts["all"] * epochs, "supervised": counts["all"] * epochs,
+            "gpu": _found(r"peak_device_memory_mib=(\d+)", seed_log), "adapter": seed_dir,
+        }
+    }  # fmt: skip
+    for name, extra in (("loraq train", []), ("loraq train, checkpointing on", ["--gradient_checkpointing", "true"])):
+        out = folder / f"{name.replace(' ', '_').replace(',', '')}-{number}"
+        wall, rss, _ = run(
+            [sys.executable, "-m", "loraq.cli", "train", *flags, *extra, "--output_dir", str(out)],
+            out.with_suffix(".log"),
+        )
+        metrics = json.loads((out / "loraq.json").read_text())["metrics"]
+        results[name] = {
+            "runtime": metrics["train_runtime_s"], "wall": wall, "rss": rss, "all": counts["all"] * epochs,
+            "supervised": counts["supervised"] * epochs, "gpu": metrics.get("peak_device_memory_mib"), "adapter": out,
+        }  # fmt: skip
+    seed = results["seed recipe"]
+    for result in results.values():
+        result["ratios"] = [seed["runtime"] / result["runtime"]]
+    return results
+
+
+def median_result(runs: list[dict]) -> dict:
+    """Each figure's median over the rounds (the adapter of the last round); `ratios` keeps every round's
+    speed ratio to the seed recipe of the same round."""
+    merged = dict(runs[-1])
+    for key in ("runtime", "wall", "rss", "gpu"):
+        if runs[-1][key] is not None:
+            merged[key] = statistics.median_low(r[key] for r in runs)
+    merged["ratios"] = [ratio for r in runs for ratio in r["ratios"]]
+    return merged
 
 
 def _found(pattern: str, text: str) -> int | None:
@@ -298,7 +323,8 @@ def print_results(args, results: dict, flop_params: int | None, ceiling: float |
     seed = results["seed recipe"]
     for name in ("loraq train", "loraq train, checkpointing on"):
         r = results[name]
-        line = f"{name} / seed recipe: {seed['runtime'] / r['runtime']:.2f}x tokens per second"
+        each = ", ".join(f"{ratio:.2f}x" for ratio in r["ratios"])
+        line = f"{name} / seed recipe: {seed['runtime'] / r['runtime']:.2f}x tokens per second (rounds: {each})"
         line += f", peak RSS {r['rss'] - seed['rss']:+d} MiB"
         if r["gpu"] is not None and seed["gpu"] is not None:
             line += f", peak GPU memory {r['gpu'] - seed['gpu']:+d} MiB"
