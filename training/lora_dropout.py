@@ -10,10 +10,10 @@ many random numbers. The backward pass rebuilds the dropped input from x (which 
 keeps anyway) and the dropped positions, so no input-sized tensor is kept.
 
 Same distribution, same scaling (kept elements are divided by 1 - p), same gradients; checkpointed
-recomputation replays it, since it draws from torch's generator like `nn.Dropout`. Used on CPUs, where
-PEFT's dropout (a uniform draw per element) was a fifth of the tiny model's training step; on CUDA,
-`nn.Dropout` is one fused kernel, while counting dropped positions would wait on the GPU once per
-projection, so PEFT's dropout stays there.
+recomputation replays it, since it draws from torch's generator like `nn.Dropout`. Used on CPUs (float32
+training), where PEFT's dropout was a fifth of the tiny model's training step; on CUDA, `nn.Dropout` is
+one fused kernel, while counting dropped positions would wait on the GPU once per projection, so PEFT's
+dropout stays there.
 """
 
 from __future__ import annotations
@@ -26,47 +26,51 @@ from torch import nn
 
 def dropped_positions(count: int, p: float, device: torch.device) -> torch.Tensor:
     """Flat indices, in increasing order, of the elements a Bernoulli(p) dropout mask of `count` elements
-    drops: running sums of geometric(p) gaps."""
+    drops: running sums of geometric(p) gaps, each floor(log(1 - U) / log(1 - p)) + 1 for U uniform in [0, 1)."""
     mean = count * p
     draws = int(mean + 6 * math.sqrt(mean) + 16)  # almost always enough; topped up below otherwise
-    ends = torch.empty(draws, dtype=torch.float64, device=device).geometric_(p).cumsum_(0)
+    per_log = 1.0 / math.log1p(-p)
+
+    def gap_ends() -> torch.Tensor:
+        uniform = torch.rand(draws, dtype=torch.float64, device=device)
+        return uniform.neg_().log1p_().mul_(per_log).floor_().add_(1).cumsum_(0)
+
+    ends = gap_ends()
     while float(ends[-1]) < count:
-        more = torch.empty(draws, dtype=torch.float64, device=device).geometric_(p).cumsum_(0)
-        ends = torch.cat([ends, more.add_(ends[-1])])
+        ends = torch.cat([ends, gap_ends().add_(ends[-1])])
     inside = int(torch.searchsorted(ends, float(count), right=True))
     return ends[:inside].long().sub_(1)
 
 
-def _drop(values: torch.Tensor, dropped: torch.Tensor, p: float) -> torch.Tensor:
-    """`values` with the `dropped` flat positions zeroed and the rest divided by 1 - p (a new tensor)."""
-    out = values * (1.0 / (1.0 - p))
-    out.view(-1).index_fill_(0, dropped, 0)
-    return out
+def _zeroed(values: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+    """A copy of the 2-D `values` with the `dropped` flat positions zeroed."""
+    return values.reshape(-1).index_fill(0, dropped, 0).view(values.shape)
 
 
 class _DroppedProjection(torch.autograd.Function):
-    """dropout(x, p) @ weight.T, keeping x and the dropped positions instead of a mask and a dropped copy."""
+    """dropout(x, p) @ weight.T, keeping x and the dropped positions instead of a mask and a dropped copy.
+    The 1 / (1 - p) scaling is applied to the small weight (and its gradient), not to the activations."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, p: float) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         dropped = dropped_positions(flat.numel(), p, x.device)
         ctx.save_for_backward(x, weight, dropped)
-        ctx.p = p
-        return (_drop(flat, dropped, p) @ weight.t()).view(*x.shape[:-1], weight.shape[0])
+        ctx.scale = 1.0 / (1.0 - p)
+        out = _zeroed(flat, dropped) @ (weight * ctx.scale).t()
+        return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out: torch.Tensor):
         x, weight, dropped = ctx.saved_tensors
         grad = grad_out.reshape(-1, weight.shape[0])
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_x = _drop(grad @ weight.to(grad.dtype), dropped, ctx.p).view(x.shape).to(x.dtype)
+            grad_x = grad @ (weight * ctx.scale)
+            grad_x.view(-1).index_fill_(0, dropped, 0)
+            grad_x = grad_x.view(x.shape)
         if ctx.needs_input_grad[1]:
-            dropped_input = _drop(x.reshape(-1, x.shape[-1]), dropped, ctx.p)
-            grad_weight = (grad.t() @ dropped_input.to(grad.dtype)).to(weight.dtype)
+            grad_weight = (grad.t() @ _zeroed(x.reshape(-1, x.shape[-1]), dropped)).mul_(ctx.scale)
         return grad_x, grad_weight, None
 
 
