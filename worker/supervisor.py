@@ -89,7 +89,7 @@ class JobSupervisor:
                 self._finish_failed(session, "model_not_found", str(exc))
                 return "failed"
             config.resume_from = self._resume_point()
-            self._record_unreported_checkpoints(session, job.attempts - 1)
+            unreported = self._unreported_checkpoints(session)
             devices = os.environ.get("CUDA_VISIBLE_DEVICES")
             add_event(
                 session, self.job_id,
@@ -110,6 +110,7 @@ class JobSupervisor:
                 )
         logger.info("job %s: claimed by %s (attempt %s)", self.job_id, self.worker_id, self.attempt)
         try:
+            self._record_unreported_checkpoints(unreported, self.attempt - 1)
             return self._train_and_record(config)
         except OSError as exc:
             logger.exception("job %s: storage error", self.job_id)
@@ -135,17 +136,26 @@ class JobSupervisor:
         newest = newest_complete(checkpoints)
         return str(newest) if newest else None
 
-    def _record_unreported_checkpoints(self, session, previous_attempt: int) -> None:
-        """A worker that died may have completed a checkpoint without recording it; storage is the truth."""
+    def _unreported_checkpoints(self, session) -> list[Path]:
+        """Complete checkpoints on storage with no database record: a worker that died may have completed a
+        checkpoint without recording it; storage is the truth."""
         recorded = set(session.scalars(select(Checkpoint.step_number).where(Checkpoint.job_id == self.job_id)))
         folder = self.storage.checkpoints_dir(self.job_id)
         complete = [p for p in folder.iterdir() if is_complete(p)] if folder.is_dir() else []
-        for path in sorted(complete, key=step_of):
-            if step_of(path) not in recorded:
-                record = {"step": step_of(path), "metrics": {}}
+        return sorted((p for p in complete if step_of(p) not in recorded), key=step_of)
+
+    def _record_unreported_checkpoints(self, paths: list[Path], previous_attempt: int) -> None:
+        """Record them for the attempt that wrote them, archived first, outside any transaction (the job's
+        row is not held while adapter files are read)."""
+        if not paths:
+            return
+        archives = {step_of(p): self._archive_checkpoint(p, step_of(p)) for p in paths}
+        with session_scope(self.db) as session:
+            for path in paths:
+                step = step_of(path)
                 record_checkpoint(
-                    session, self.job_id, record, self.storage.relative(path), attempt=previous_attempt,
-                    archive=self._archive_checkpoint(path, record["step"]),
+                    session, self.job_id, {"step": step, "metrics": {}}, self.storage.relative(path),
+                    attempt=previous_attempt, archive=archives[step],
                 )  # fmt: skip
 
     def _archive_checkpoint(self, folder: Path, step: int) -> tuple[str, int] | None:
