@@ -6,8 +6,9 @@ needs), for each of the seven projections of every layer. With LoRA's usual rate
 every element is kept, so this module draws only where the dropped elements are: the gaps between them
 in a Bernoulli(p) sequence are independent and geometric with parameter p, so summing geometric gaps
 gives exactly the same distribution of masks as one Bernoulli draw per element, from about p times as
-many random numbers. The backward pass rebuilds the dropped input from x (which the frozen base layer
-keeps anyway) and the dropped positions, so no input-sized tensor is kept.
+many random numbers. The backward pass rebuilds the dropped input from x and the dropped positions: x is
+kept as is, one tensor shared by every projection that reads it (q, k and v read the same one), so no
+mask or dropped copy is kept per projection.
 
 Same distribution, same scaling (kept elements are divided by 1 - p), same gradients; checkpointed
 recomputation replays it, since it draws from torch's generator like `nn.Dropout`. Used on CPUs (float32
