@@ -42,7 +42,7 @@ from training.loss_masks import MASK_REMEDY, MaskError, supervised_count
 from training.packing import PackedSFTTrainer, token_budget
 from training.progress import ProgressCallback, ProgressWriter
 from training.results import write_samples, write_step_metrics
-from training.tiny_model import TINY_MODEL_NAME, ensure_tiny_model
+from training.tiny_model import model_source
 
 logger = logging.getLogger("loraq.training")
 
@@ -52,10 +52,7 @@ logger = logging.getLogger("loraq.training")
 
 def resolve_base_model(config: TrainingConfig) -> str:
     """The built-in tiny model is generated on first use; anything else is a hub id or a local folder."""
-    if config.base_model == TINY_MODEL_NAME:
-        cache = Path(config.model_cache_dir or Path.home() / ".cache" / "loraq")
-        return str(ensure_tiny_model(cache / TINY_MODEL_NAME))
-    return config.base_model
+    return model_source(config.base_model, config.model_cache_dir or Path.home() / ".cache" / "loraq")
 
 
 def load_examples(path: str, tokenizer, hp) -> Dataset:

@@ -15,7 +15,7 @@ from pathlib import Path
 from loraq.base_models import TINY_MODEL_NAME
 from loraq.storage import staged_directory
 
-__all__ = ["TINY_MODEL_NAME", "ensure_tiny_model", "write_tiny_model"]
+__all__ = ["TINY_MODEL_NAME", "ensure_tiny_model", "model_source", "write_tiny_model"]
 
 # Bump when the generated model changes, so a stale cached copy is rebuilt rather than reused.
 TINY_MODEL_VERSION = 1
@@ -150,3 +150,11 @@ def ensure_tiny_model(folder: str | Path) -> Path:
         if not _is_current(folder):
             write_tiny_model(folder)
     return folder
+
+
+def model_source(base_model: str, cache_dir: str | Path) -> str:
+    """What `from_pretrained` loads for `base_model`: the built-in tiny model's folder under `cache_dir`
+    (generated on first use); anything else, a hub id or a local folder, as it is."""
+    if base_model == TINY_MODEL_NAME:
+        return str(ensure_tiny_model(Path(cache_dir) / TINY_MODEL_NAME))
+    return base_model

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from loraq.base_models import TINY_MODEL_NAME, find_model
+from loraq.base_models import find_model
 from loraq.settings import BaseModelEntry, Settings, get_settings
 from loraq.storage import Storage
 from models import FileRecord, Job, JobStatus
@@ -48,11 +48,9 @@ def load_tokenizer(entry: BaseModelEntry, settings: Settings):
         if entry.source not in _tokenizers:
             from transformers import AutoTokenizer
 
-            source = entry.source
-            if source == TINY_MODEL_NAME:
-                from training.tiny_model import ensure_tiny_model
+            from training.tiny_model import model_source
 
-                source = str(ensure_tiny_model(settings.model_cache_dir / TINY_MODEL_NAME))
+            source = model_source(entry.source, settings.model_cache_dir)
             _tokenizers[entry.source] = AutoTokenizer.from_pretrained(source, trust_remote_code=entry.trust_remote_code)
         return _tokenizers[entry.source]
 
