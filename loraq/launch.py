@@ -7,22 +7,22 @@ import subprocess
 import sys
 
 
-def worker_command(queues: str, name: str = "worker") -> list[str]:
-    """One Celery worker process: solo pool, one job at a time (its training runs in a child process)."""
+def _celery_worker(queues: str, name: str, pool: str, concurrency: int) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
-        "--pool", "solo", "--concurrency", "1", "--queues", queues, "--hostname", f"{name}@%h",
+        "--pool", pool, "--concurrency", str(concurrency), "--queues", queues, "--hostname", f"{name}@%h",
         "--loglevel", "INFO", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
+
+
+def worker_command(queues: str, name: str = "worker") -> list[str]:
+    """One Celery worker process: solo pool, one job at a time (its training runs in a child process)."""
+    return _celery_worker(queues, name, "solo", 1)
 
 
 def validator_command(queue: str, name: str = "validator", concurrency: int = 2) -> list[str]:
     """A Celery worker for the validating_files stage: threads, tokenizers only (no training, no GPU)."""
-    return [
-        sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
-        "--pool", "threads", "--concurrency", str(concurrency), "--queues", queue, "--hostname", f"{name}@%h",
-        "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-    ]  # fmt: skip
+    return _celery_worker(queue, name, "threads", concurrency)
 
 
 def api_command(host: str, port: int, workers: int = 1) -> list[str]:
