@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from trl import SFTTrainer
 
-from training.lora_dropout import fuse_lora_dropout
+from training.fused_lora import fuse_lora_layers
 from training.supervised_head import score_supervised_positions_only
 
 ROW_KEYS = ("input_ids", "labels", "position_ids", "seq_idx", "shift_labels")
@@ -70,16 +70,17 @@ class PackedSFTTrainer(SFTTrainer):
     """SFTTrainer whose training step is one optimizer step's examples, run as token-budgeted micro-batches.
 
     `num_items_in_batch` (the step's supervised tokens) normalises every micro-batch's loss, so the
-    gradients add up to exactly the step's token-mean loss, as with gradient accumulation. On a CPU, LoRA
-    dropout runs fused into the adapters (training.lora_dropout); everywhere, the LM head scores only
-    supervised positions (training.supervised_head): same results, less time and memory.
+    gradients add up to exactly the step's token-mean loss, as with gradient accumulation. On a CPU, each
+    LoRA projection runs as one autograd function with its dropout drawn by dropped position
+    (training.fused_lora); everywhere, the LM head scores only supervised positions
+    (training.supervised_head): same results, less time and memory.
     """
 
     def __init__(self, *args, token_budget: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.token_budget = token_budget
         if self.args.device.type == "cpu":
-            fuse_lora_dropout(self.model)
+            fuse_lora_layers(self.model)
         score_supervised_positions_only()
 
     def training_step(self, model, inputs, num_items_in_batch=None):

@@ -1,6 +1,7 @@
-"""The two shortcuts PackedSFTTrainer takes give what the plain computation gives: LoRA dropout fused into
-the adapter (the same Bernoulli masks, the same outputs and gradients for a given mask, the same saved
-adapter) and an LM head that scores only supervised positions (the same loss and metrics)."""
+"""The two shortcuts PackedSFTTrainer takes give what the plain computation gives: LoRA projections as one
+autograd function with dropout drawn by dropped position (the same Bernoulli masks, the same outputs and
+gradients as PEFT for a given mask, the same saved adapter, PEFT's own forward wherever the function does
+not apply) and an LM head that scores only supervised positions (the same loss and metrics)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from training.lora_dropout import DroppedLinear, _DroppedProjection, dropped_positions, fuse_lora_dropout
+from training.fused_lora import FusedLoraLinear, _LoraLinearFunction, dropped_positions, fuse_lora_layers
 from training.supervised_head import score_supervised_positions_only
 from training.tiny_model import write_tiny_model
 
@@ -55,32 +57,48 @@ def test_dropped_positions_are_a_bernoulli_mask(p):
     assert float(mask[-count // 10 :].mean()) == pytest.approx(p, abs=6 * (p * (1 - p) / (count // 10)) ** 0.5)
 
 
-def test_fused_projection_is_dropout_then_linear_for_the_drawn_mask():
+def _plain_lora(x, weight, bias, lora_a, lora_b, scaling, p, dropped):
+    """PEFT's computation written out, with the dropout mask given by `dropped`."""
+    keep = torch.ones(x.numel(), dtype=x.dtype)
+    keep[dropped] = 0
+    return x @ weight.t() + bias + ((x * keep.view_as(x) / (1 - p)) @ lora_a.t() @ lora_b.t()) * scaling
+
+
+@pytest.mark.parametrize("p", [0.3, 0.0])
+def test_fused_function_is_peft_lora_for_the_drawn_mask(p):
     torch.manual_seed(2)
-    x = torch.randn(2, 9, 12, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(4, 12, dtype=torch.float64, requires_grad=True)
-    p = 0.3
+    dtype = torch.float64
+    x = torch.randn(2, 9, 12, dtype=dtype, requires_grad=True)
+    weight, bias = torch.randn(5, 12, dtype=dtype), torch.randn(5, dtype=dtype)  # frozen
+    lora_a = torch.randn(4, 12, dtype=dtype, requires_grad=True)
+    lora_b = torch.randn(5, 4, dtype=dtype, requires_grad=True)
+    scaling = 2.0
     state = torch.get_rng_state()
-    out = _DroppedProjection.apply(x, weight, p)
+    out = _LoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, p)
     grad = torch.randn_like(out)
     out.backward(grad)
 
     torch.set_rng_state(state)
-    dropped = dropped_positions(x.numel(), p, x.device)
-    keep = torch.ones(x.numel(), dtype=torch.float64)
-    keep[dropped] = 0
-    x2, weight2 = x.detach().clone().requires_grad_(), weight.detach().clone().requires_grad_()
-    out2 = (x2 * keep.view_as(x) / (1 - p)) @ weight2.t()
-    out2.backward(grad)
-    torch.testing.assert_close(out, out2)
-    torch.testing.assert_close(x.grad, x2.grad)
-    torch.testing.assert_close(weight.grad, weight2.grad)
+    dropped = dropped_positions(x.numel(), p, x.device) if p else torch.empty(0, dtype=torch.long)
+    leaves = [t.detach().clone().requires_grad_() for t in (x, lora_a, lora_b)]
+    expected = _plain_lora(leaves[0], weight, bias, leaves[1], leaves[2], scaling, p, dropped)
+    expected.backward(grad)
+    torch.testing.assert_close(out, expected)
+    for fused, plain in zip((x, lora_a, lora_b), leaves, strict=True):
+        torch.testing.assert_close(fused.grad, plain.grad)
 
-    def replayed(a, b):
+    def replayed(x, lora_a, lora_b):
         torch.set_rng_state(state)
-        return _DroppedProjection.apply(a, b, p)
+        return _LoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, p)
 
-    assert torch.autograd.gradcheck(replayed, (x.detach().requires_grad_(), weight.detach().requires_grad_()))
+    assert torch.autograd.gradcheck(replayed, tuple(t.detach().requires_grad_() for t in (x, lora_a, lora_b)))
+
+
+def _loss_and_grads(model, ids):
+    model.zero_grad()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def test_fused_model_trains_and_saves_like_plain_lora(tiny_dir, tmp_path):
@@ -88,17 +106,22 @@ def test_fused_model_trains_and_saves_like_plain_lora(tiny_dir, tmp_path):
     plain, fused = lora_model(tiny_dir, 0.1), lora_model(tiny_dir, 0.1)
     keys = set(plain.state_dict())
     parameters = {name: id(param) for name, param in fused.named_parameters()}
-    assert fuse_lora_dropout(fused) == 4 * len(PROJECTIONS)
-    assert fuse_lora_dropout(fused) == 0  # already fused
+    assert fuse_lora_layers(fused) == 4 * len(PROJECTIONS)
+    assert fuse_lora_layers(fused) == 0  # already fused
     assert set(fused.state_dict()) == keys
     assert {name: id(param) for name, param in fused.named_parameters()} == parameters  # the optimizer's tensors
-    assert sum(isinstance(m, DroppedLinear) for m in fused.modules()) == 4 * len(PROJECTIONS)
+    assert all(isinstance(m, LoraLinear) for m in fused.modules() if isinstance(m, FusedLoraLinear))
 
     plain.eval(), fused.eval()
     with torch.no_grad():
         torch.testing.assert_close(fused(input_ids=ids).logits, plain(input_ids=ids).logits)
     fused.train()
-    first, second = (fused(input_ids=ids, labels=ids).loss for _ in range(2))
+    calls = []
+    original = _LoraLinearFunction.apply
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_LoraLinearFunction, "apply", lambda *args: calls.append(args[6]) or original(*args))
+        first, second = (fused(input_ids=ids, labels=ids).loss for _ in range(2))
+    assert calls == [0.1] * (2 * 4 * len(PROJECTIONS)), "every projection of both passes ran fused"
     assert not torch.equal(first, second), "dropout is applied while training"
     second.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in fused.named_parameters() if "lora_A" in n)
@@ -110,10 +133,61 @@ def test_fused_model_trains_and_saves_like_plain_lora(tiny_dir, tmp_path):
         torch.testing.assert_close(reloaded(input_ids=ids).logits, fused(input_ids=ids).logits)
 
 
-def test_no_dropout_leaves_peft_as_built(tiny_dir):
-    model = lora_model(tiny_dir, 0.0)
-    assert fuse_lora_dropout(model) == 0
-    assert not any(isinstance(m, DroppedLinear) for m in model.modules())
+def test_without_dropout_fused_training_equals_peft_exactly(tiny_dir):
+    ids = torch.randint(3, 700, (1, 40))
+    plain, fused = lora_model(tiny_dir, 0.0).train(), lora_model(tiny_dir, 0.0).train()
+    assert fuse_lora_layers(fused) == 4 * len(PROJECTIONS)
+    plain_loss, plain_grads = _loss_and_grads(plain, ids)
+    fused_loss, fused_grads = _loss_and_grads(fused, ids)
+    torch.testing.assert_close(fused_loss, plain_loss)
+    assert fused_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, msg=name)
+
+
+def test_checkpointed_recomputation_replays_the_same_dropout(tiny_dir):
+    ids = torch.randint(3, 700, (1, 40))
+    model = lora_model(tiny_dir, 0.1).train()
+    fuse_lora_layers(model)
+    torch.manual_seed(7)
+    loss, grads = _loss_and_grads(model, ids)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    calls = []
+    original = _LoraLinearFunction.forward
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_LoraLinearFunction, "forward", staticmethod(lambda *a: calls.append(1) or original(*a)))
+        torch.manual_seed(7)
+        checkpointed_loss, checkpointed_grads = _loss_and_grads(model, ids)
+    assert len(calls) == 2 * 4 * len(PROJECTIONS), "each layer's forward ran again in the backward pass"
+    torch.testing.assert_close(checkpointed_loss, loss)
+    for name, grad in grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, msg=name)
+
+
+def test_calls_the_fused_function_cannot_compute_go_to_peft(tiny_dir):
+    ids = torch.randint(3, 700, (1, 40))
+    model = lora_model(tiny_dir, 0.1)
+    fuse_lora_layers(model)
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    calls = []
+    original = _LoraLinearFunction.apply
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_LoraLinearFunction, "apply", lambda *args: calls.append(1) or original(*args))
+        model.train()
+        with torch.no_grad():
+            model(input_ids=ids)  # no gradients: PEFT's forward, its dropout still on
+        with model.disable_adapter(), torch.no_grad():
+            model.eval()
+            torch.testing.assert_close(model(input_ids=ids).logits, base(input_ids=ids).logits)
+        model.eval()
+        model(input_ids=ids).logits.sum().backward()  # evaluation mode
+        layer = model.base_model.model.model.layers[0].self_attn.q_proj
+        layer.base_layer.weight.requires_grad_(True)  # a trained base weight
+        model.train()
+        model(input_ids=ids).logits.sum().backward()
+    assert layer.base_layer.weight.grad is not None
+    assert len(calls) == 4 * len(PROJECTIONS) - 1, "only the last training pass ran fused, q_proj of layer 0 not"
 
 
 def test_lm_head_scores_only_supervised_positions_with_the_same_loss(tiny_dir, monkeypatch):
@@ -167,6 +241,7 @@ def test_trainer_on_a_cpu_takes_both_shortcuts(tiny_dir, tmp_path):
         hyperparameters=hp,
     )
     trainer = build_trainer(config, str(tiny_dir), ProgressCallback(ProgressWriter(None), None))
-    fused = [m for m in trainer.model.modules() if isinstance(m, DroppedLinear)]
-    assert len(fused) == 4 * len(hp.target_modules) and all(m.p == hp.lora_dropout for m in fused)
+    fused = [m for m in trainer.model.modules() if isinstance(m, FusedLoraLinear)]
+    assert len(fused) == 4 * len(hp.target_modules)
+    assert all(m.lora_dropout["default"].p == hp.lora_dropout for m in fused)
     assert getattr(trl_utils._use_triton, "loraq_compact", False)
