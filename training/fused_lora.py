@@ -73,15 +73,16 @@ class _LoraLinearFunction(torch.autograd.Function):
         dropped = dropped_positions(flat.numel(), p, x.device) if p > 0 else None
         factor = scaling / (1.0 - p)
         lora_a_scaled = lora_a * factor
-        down = _dropped(flat, dropped) @ lora_a_scaled.t()
+        kept = _dropped(flat, dropped)
+        down = kept @ lora_a_scaled.t()
         out = F.linear(flat, weight, bias).addmm_(down, lora_b.t())
-        ctx.save_for_backward(x, weight, lora_a_scaled, lora_b, down, dropped)
-        ctx.factor = factor
+        ctx.save_for_backward(kept, weight, lora_a_scaled, lora_b, down, dropped)
+        ctx.factor, ctx.x_shape = factor, x.shape
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, lora_a_scaled, lora_b, down, dropped = ctx.saved_tensors
+        kept, weight, lora_a_scaled, lora_b, down, dropped = ctx.saved_tensors
         grad = grad_out.reshape(-1, weight.shape[0])
         needs_x, needs_a, needs_b = ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         grad_x = grad_a = grad_b = None
@@ -89,12 +90,12 @@ class _LoraLinearFunction(torch.autograd.Function):
         if needs_b:
             grad_b = grad.t() @ down
         if needs_a:
-            grad_a = (grad_down.t() @ _dropped(x.reshape(-1, x.shape[-1]), dropped)).mul_(ctx.factor)
+            grad_a = (grad_down.t() @ kept).mul_(ctx.factor)
         if needs_x:
             grad_x = grad_down @ lora_a_scaled
             if dropped is not None:
                 grad_x.view(-1).index_fill_(0, dropped, 0)
-            grad_x = grad_x.addmm_(grad, weight).view(x.shape)
+            grad_x = grad_x.addmm_(grad, weight).view(ctx.x_shape)
         return grad_x, None, None, grad_a, grad_b, None, None
 
 
