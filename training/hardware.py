@@ -39,7 +39,7 @@ def pick_precision() -> dict:
         if torch.cuda.is_bf16_supported():
             return {"dtype": torch.bfloat16, "bf16": True, "fp16": False, "optim": "adamw_torch_fused"}
         return {"dtype": torch.float16, "bf16": False, "fp16": True, "optim": "adamw_torch_fused"}
-    return {"dtype": torch.float32, "bf16": False, "fp16": False, "optim": "adamw_torch"}
+    return {"dtype": torch.float32, "bf16": False, "fp16": False, "optim": "adamw_torch_fused"}  # CPU kernel too
 
 
 def quantization_config(load_in_4bit: bool, dtype: torch.dtype):

@@ -223,7 +223,7 @@ def test_lm_head_scores_only_supervised_positions_with_the_same_loss(tiny_dir, m
         torch.testing.assert_close(getattr(compact, field), getattr(full, field))
 
 
-def test_trainer_on_a_cpu_takes_both_shortcuts(tiny_dir, tmp_path):
+def test_trainer_on_a_cpu_takes_the_shortcuts(tiny_dir, tmp_path):
     from trl.trainer import utils as trl_utils
 
     from tests.facts import chat_rows, write_jsonl
@@ -245,3 +245,5 @@ def test_trainer_on_a_cpu_takes_both_shortcuts(tiny_dir, tmp_path):
     assert len(fused) == 4 * len(hp.target_modules)
     assert all(m.lora_dropout["default"].p == hp.lora_dropout for m in fused)
     assert getattr(trl_utils._use_triton, "loraq_compact", False)
+    trainer.create_optimizer()
+    assert trainer.optimizer.defaults["fused"], "AdamW's fused CPU kernel"
