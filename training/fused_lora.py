@@ -15,9 +15,9 @@ dropout's 1 / (1 - p) go onto the small `A` matrix instead of the activations.
 Dropout: with LoRA's usual rates (0.05 to 0.1) almost every element is kept, so only the dropped positions
 are drawn: the gaps between drops in a Bernoulli(p) sequence are independent and geometric with parameter
 p, so summing geometric gaps gives exactly the distribution of masks one Bernoulli draw per element gives,
-from about p times as many random numbers. The backward pass rebuilds the dropped input from x and those
-positions; x is kept as is, one tensor shared by every projection that reads it (q, k and v read the same
-one), so no mask or dropped copy is kept per projection.
+from about p times as many random numbers. What the backward pass keeps is the dropped input (A's gradient
+needs it) and the dropped positions (to mask x's gradient): no mask, and not x itself, which the frozen base
+weight's product never needed; `nn.Dropout` under PEFT keeps both a mask and the dropped input.
 
 Same function, same distribution of masks, same gradients for a given mask (tested against PEFT); the
 module keeps PEFT's class (a subclass), parameters and state-dict keys, so the optimizer and the saved
@@ -65,7 +65,7 @@ def _dropped(flat: torch.Tensor, dropped: torch.Tensor | None) -> torch.Tensor:
 
 class _LoraLinearFunction(torch.autograd.Function):
     """x @ weight.T + bias + dropout(x, p) @ (lora_a * scaling / (1 - p)).T @ lora_b.T for frozen weight and
-    bias; keeps x, the dropped positions and the small A product (which B's gradient needs)."""
+    bias; keeps the dropped input, the dropped positions and the small A product (which B's gradient needs)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float):
