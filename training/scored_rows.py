@@ -1,19 +1,21 @@
-"""The last decoder layer's MLP, computed only at the positions the loss scores.
+"""The last decoder layer's MLP and its attention's query and output projections, computed only at the
+positions the loss scores.
 
 With assistant-only loss most positions of a conversation (system prompt, user turns) are not scored: the
 LM head reads the last layer's output only where the next token is supervised (training.supervised_head
 scores just those). Every earlier layer still matters at every position, since later positions attend to
-their keys and values; the last layer's MLP does not: its output at a position goes only to the final norm
-and the head at that same position. So while a training step runs, the last layer's MLP is computed at
-the scored positions only and gives zeros elsewhere, which nothing reads. The loss and every gradient are
-exactly those of the full computation (tested); with about one position in eight supervised, as in typical
-chat data, that removes most of the last layer's MLP work (a quarter of the MLP work of a 4-layer model,
-a few per cent of a 28-layer one).
+their keys and values; in the last layer, only the keys and values do. Its MLP and attention output
+projection write to the residual stream, which at a position goes only to the final norm and the head at
+that same position; its query projection feeds only the attention output at that position. So while a
+training step runs, those three are computed at the scored positions only and give zeros elsewhere, which
+nothing reads. The loss and every gradient are exactly those of the full computation (tested). With
+about one position in eight supervised, as in typical chat data, that removes most of the last layer's
+projection work (about a fifth of all of it in a 4-layer model, a few per cent in a 28-layer one).
 
 Only dense MLPs (a module named `...MLP` in a model without experts: Llama, Qwen2, Mistral, Gemma and the
 like), whose output is a tensor per position; a mixture-of-experts block would route a different set of
-tokens and change its balancing loss, so it is left alone. Outside training steps (evaluation, generation,
-saving) the model is untouched.
+tokens and change its balancing loss, so such a model is left alone, as is an attention without separate
+`q_proj` and `o_proj`. Outside training steps (evaluation, generation, saving) the model is untouched.
 """
 
 from __future__ import annotations
@@ -28,19 +30,26 @@ IGNORE_INDEX = -100
 EXPERT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
 
-def last_dense_mlp(model: nn.Module) -> nn.Module | None:
-    """The MLP of the last decoder layer of a (PEFT-wrapped) causal LM, or None where there is no dense one."""
+def last_layer_row_modules(model: nn.Module) -> list[nn.Module]:
+    """The last decoder layer's modules whose output at a position matters only if it is scored: its attention's
+    `q_proj` and `o_proj` and its MLP, from a (PEFT-wrapped) causal LM with a dense last layer; else []."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(base, "config", None)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     if text_config is None or any(getattr(text_config, field, None) for field in EXPERT_FIELDS):
-        return None
+        return []
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
-        return None
-    mlp = getattr(layers[-1], "mlp", None)
-    return mlp if isinstance(mlp, nn.Module) and type(mlp).__name__.endswith("MLP") else None
+        return []
+    mlp, attention = getattr(layers[-1], "mlp", None), getattr(layers[-1], "self_attn", None)
+    modules = []
+    if isinstance(attention, nn.Module):
+        projections = (getattr(attention, "q_proj", None), getattr(attention, "o_proj", None))
+        modules += [m for m in projections if isinstance(m, nn.Module)]
+    if isinstance(mlp, nn.Module) and type(mlp).__name__.endswith("MLP"):
+        modules.append(mlp)
+    return modules
 
 
 def scored_rows(batch: dict) -> torch.Tensor | None:
@@ -57,13 +66,21 @@ def scored_rows(batch: dict) -> torch.Tensor | None:
 
 
 @contextlib.contextmanager
-def mlp_at_rows(mlp: nn.Module | None, rows: torch.Tensor | None) -> Iterator[None]:
-    """While inside, `mlp` computes only the flat positions `rows` of its input and returns zeros elsewhere.
-    Covers the forward pass and a checkpointed recomputation in the backward pass, if both run inside."""
-    if mlp is None or rows is None:
+def computed_at_rows(modules: list[nn.Module], rows: torch.Tensor | None) -> Iterator[None]:
+    """While inside, each of `modules` computes only the flat positions `rows` of its input and returns zeros
+    elsewhere. Covers the forward pass and a checkpointed recomputation in the backward pass, if both run inside."""
+    if rows is None:
         yield
         return
-    full_forward = mlp.forward
+    with contextlib.ExitStack() as stack:
+        for module in modules:
+            stack.enter_context(_at_rows(module, rows))
+        yield
+
+
+@contextlib.contextmanager
+def _at_rows(module: nn.Module, rows: torch.Tensor) -> Iterator[None]:
+    full_forward = module.forward
 
     def forward(hidden_states: torch.Tensor) -> torch.Tensor:
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])
@@ -71,8 +88,8 @@ def mlp_at_rows(mlp: nn.Module | None, rows: torch.Tensor | None) -> Iterator[No
         out = part.new_zeros(flat.shape[0], part.shape[-1]).index_copy(0, rows.to(flat.device), part)
         return out.view(*hidden_states.shape[:-1], part.shape[-1])
 
-    mlp.forward = forward  # an instance attribute, shadowing the class's method
+    module.forward = forward  # an instance attribute, shadowing the class's method
     try:
         yield
     finally:
-        del mlp.forward
+        del module.forward
