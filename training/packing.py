@@ -20,7 +20,7 @@ import torch
 from trl import SFTTrainer
 
 from training.fused_lora import fuse_lora_layers
-from training.scored_rows import computed_at_rows, last_layer_row_modules, scored_rows
+from training.scored_rows import LastLayerAtScoredRows
 from training.supervised_head import score_supervised_positions_only
 
 ROW_KEYS = ("input_ids", "labels", "position_ids", "seq_idx", "shift_labels")
@@ -74,8 +74,8 @@ class PackedSFTTrainer(SFTTrainer):
     gradients add up to exactly the step's token-mean loss, as with gradient accumulation. On a CPU, each
     LoRA projection runs as one autograd function with its dropout drawn by dropped position
     (training.fused_lora); everywhere, the LM head scores only supervised positions
-    (training.supervised_head) and the last layer's MLP and query and output projections run only
-    there (training.scored_rows): same results, less time and memory.
+    (training.supervised_head) and the last layer runs only there but for its keys and values
+    (training.scored_rows): same results, less time and memory.
     """
 
     def __init__(self, *args, token_budget: int, **kwargs):
@@ -84,7 +84,7 @@ class PackedSFTTrainer(SFTTrainer):
         if self.args.device.type == "cpu":
             fuse_lora_layers(self.model)
         score_supervised_positions_only()
-        self.row_modules = last_layer_row_modules(self.model)
+        self.last_layer = LastLayerAtScoredRows(self.model)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         packed = "cu_seq_lens_q" in inputs
@@ -92,7 +92,7 @@ class PackedSFTTrainer(SFTTrainer):
         total = None
         with _train_mode_set_once(model):
             for micro_batch in micro_batches:
-                with computed_at_rows(self.row_modules, scored_rows(micro_batch)):  # forward and backward
+                with self.last_layer.during(micro_batch):  # its forward and backward passes
                     loss = super().training_step(model, micro_batch, num_items_in_batch)
                 total = loss if total is None else total + loss
         return total

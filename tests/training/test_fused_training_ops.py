@@ -245,6 +245,6 @@ def test_trainer_on_a_cpu_takes_the_shortcuts(tiny_dir, tmp_path):
     assert len(fused) == 4 * len(hp.target_modules)
     assert all(m.lora_dropout["default"].p == hp.lora_dropout for m in fused)
     assert getattr(trl_utils._use_triton, "loraq_compact", False)
-    assert trainer.row_modules[-1] is trainer.model.base_model.model.model.layers[-1].mlp  # training.scored_rows
+    assert trainer.last_layer.modules[-1] is trainer.model.base_model.model.model.layers[-1].mlp  # scored_rows
     trainer.create_optimizer()
     assert trainer.optimizer.defaults["fused"], "AdamW's fused CPU kernel"
