@@ -136,6 +136,17 @@ def test_loss_and_gradients_are_those_of_the_full_layer(tiny_dir, fused, packed)
     assert not hasattr(parts.attention, SCORED_ROWS_ATTRIBUTE)
 
 
+def test_a_forward_set_on_the_instance_is_put_back(tiny_dir):
+    model = lora_model(tiny_dir)
+    parts = LastLayerAtScoredRows(model)
+    mlp = parts.modules[-1]
+    kernel = mlp.forward
+    mlp.forward = kernel  # as a kernel library might install one
+    with parts.during(two_examples()):
+        assert mlp.forward is not kernel
+    assert vars(mlp)["forward"] is kernel
+
+
 def test_checkpointed_recomputation_runs_pruned_too(tiny_dir):
     batch = two_examples(packed=True)
     model = lora_model(tiny_dir)
