@@ -21,6 +21,7 @@ from trl import SFTTrainer
 
 from training.fused_lora import fuse_lora_layers
 from training.scored_rows import LastLayerAtScoredRows
+from training.shadowing import shadowed
 from training.supervised_head import score_supervised_positions_only
 
 ROW_KEYS = ("input_ids", "labels", "position_ids", "seq_idx", "shift_labels")
@@ -104,8 +105,5 @@ def _train_mode_set_once(model: torch.nn.Module):
     (a few per cent of a step on small models); within one optimizer step nothing leaves training mode, so
     it is done once here and is a no-op until the step's micro-batches are done."""
     model.train()
-    model.train = lambda mode=True: model  # an instance attribute, shadowing the method
-    try:
+    with shadowed(model, "train", lambda mode=True: model):
         yield
-    finally:
-        del model.train

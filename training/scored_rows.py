@@ -28,6 +28,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from training.shadowing import shadowed
+
 IGNORE_INDEX = -100
 EXPERT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 # Attribute on the last layer's attention module, read by training.attention, while a step runs.
@@ -83,28 +85,19 @@ class LastLayerAtScoredRows:
             for module in self.modules:
                 stack.enter_context(_at_rows(module, rows))
             if self.attention is not None:
-                setattr(self.attention, SCORED_ROWS_ATTRIBUTE, rows)
-                stack.callback(delattr, self.attention, SCORED_ROWS_ATTRIBUTE)
+                stack.enter_context(shadowed(self.attention, SCORED_ROWS_ATTRIBUTE, rows))
             yield
 
 
-@contextlib.contextmanager
-def _at_rows(module: nn.Module, rows: torch.Tensor) -> Iterator[None]:
+def _at_rows(module: nn.Module, rows: torch.Tensor) -> contextlib.AbstractContextManager:
     """`module` computes only the flat positions `rows` of its input and returns zeros elsewhere."""
     full_forward = module.forward
 
     def forward(hidden_states: torch.Tensor) -> torch.Tensor:
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])
-        part = full_forward(flat.index_select(0, rows.to(flat.device)))
-        out = part.new_zeros(flat.shape[0], part.shape[-1]).index_copy(0, rows.to(flat.device), part)
+        at = rows.to(flat.device)
+        part = full_forward(flat.index_select(0, at))
+        out = part.new_zeros(flat.shape[0], part.shape[-1]).index_copy(0, at, part)
         return out.view(*hidden_states.shape[:-1], part.shape[-1])
 
-    own_forward = vars(module).get("forward")  # one set on the instance before (a kernel, say) is put back
-    module.forward = forward  # an instance attribute, shadowing the class's method
-    try:
-        yield
-    finally:
-        if own_forward is None:
-            del module.forward
-        else:
-            module.forward = own_forward
+    return shadowed(module, "forward", forward)  # a forward set on the instance before (a kernel's) comes back
