@@ -16,11 +16,12 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select, true
 from sqlalchemy.orm import Session
 
-from api.auth import Principal, PrincipalCache, authenticate
+from api.auth import PrincipalCache
 from api.errors import APIError, not_found
 from api.schemas import ID_PATTERN
 from loraq.settings import Settings
 from models import FileRecord, Job
+from models.api_keys import Principal, authenticate
 from models.session import session_scope
 
 logger = logging.getLogger("loraq.api")

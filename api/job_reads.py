@@ -21,12 +21,12 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import bindparam, make_url, select
 from sqlalchemy.dialects import postgresql
 
-from api.auth import Principal
 from api.deps import visible_to
 from api.errors import not_found
 from api.pagination import page_after, unknown_cursor
 from api.schemas import JobPublic, JobsPublic
 from models import Job, JobStatus
+from models.api_keys import Principal
 from models.session import read_connection
 
 logger = logging.getLogger("loraq.api")

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from loraq.job_spec import Hyperparameters
 from models import Checkpoint, FileRecord, Job, JobEvent
-from training.config import Hyperparameters
 
 SUFFIX_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Server-generated ids (`file-…`, `ftjob-…`): anything else cannot name an object, and never reaches SQL.

@@ -110,7 +110,7 @@ def main() -> int:
         LORAQ_STORAGE_ROOT=str(folder / "storage"),
         LORAQ_BOOTSTRAP_API_KEY=KEY,
     )
-    subprocess.run([sys.executable, "-m", "loraq.cli", "migrate"], env=env, check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "cli", "migrate"], env=env, check=True, cwd=ROOT)
     api_port, ceiling_port = free_port(), free_port()
     processes = [
         uvicorn("api.main:app", api_port, args.api_workers, env, folder / "api.log"),

@@ -269,7 +269,7 @@ def run_round(flags: list[str], folder: Path, counts: dict, epochs: int, number:
     for name, extra in (("loraq train", []), ("loraq train, checkpointing on", ["--gradient_checkpointing", "true"])):
         out = folder / f"{name.replace(' ', '_').replace(',', '')}-{number}"
         wall, rss, _ = run(
-            [sys.executable, "-m", "loraq.cli", "train", *flags, *extra, "--output_dir", str(out)],
+            [sys.executable, "-m", "cli", "train", *flags, *extra, "--output_dir", str(out)],
             out.with_suffix(".log"),
         )
         metrics = json.loads((out / "loraq.json").read_text())["metrics"]

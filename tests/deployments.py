@@ -33,7 +33,7 @@ def base_environment(extra: dict[str, str]) -> dict[str, str]:
 
 
 def loraq(*args: str) -> list[str]:
-    return [sys.executable, "-m", "loraq.cli", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 class Deployment:
@@ -93,7 +93,7 @@ class Deployment:
 
     def new_key(self, owner: str, admin: bool = False) -> str:
         """A new API key for `owner`, made as the operator would (`loraq keys create`)."""
-        from api.auth import create_key
+        from models.api_keys import create_key
         from models.session import session_scope
 
         with session_scope(self.database_url) as session:

@@ -1,80 +1,13 @@
-"""Hyperparameters and the job config of the training program.
-
-Defaults are the seed document's recipe (LoRA r 16 / alpha 32 / dropout 0.05 on all projections,
-lr 1e-4, 3 epochs, batch 1 x grad-accum 4, max length 2048, cosine, 3 % warm-up, save every 100 steps,
-log every 10, seed 42). Pure pydantic: the API validates user input with the same models.
-"""
+"""The training program's own config: everything one run needs, written as JSON by the worker or built
+from the command line's flags. The user-settable part is the shared job spec (loraq.job_spec)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-LrSchedulerType = Literal[
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "inverse_sqrt",
-]
-
-
-class Hyperparameters(BaseModel):
-    """What a user may set on a job: OpenAI's three fields plus the LoRA and trainer knobs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    n_epochs: int = Field(3, ge=1, le=1000, description="Passes over the training file")
-    batch_size: int = Field(1, ge=1, le=1024, description="Examples per device per forward pass")
-    learning_rate_multiplier: float = Field(
-        1.0, gt=0, le=1000, description="Scales learning_rate (OpenAI's knob; 1.0 keeps it)"
-    )
-    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak learning rate before the multiplier")
-    lora_r: int = Field(16, ge=1, le=1024, description="LoRA rank")
-    lora_alpha: float = Field(32, gt=0, le=65536, description="LoRA scaling numerator (scale = alpha / r)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch")
-    target_modules: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
-        min_length=1,
-        max_length=64,
-        description="Module names LoRA adapts",
-    )
-    max_seq_length: int = Field(2048, ge=16, le=131072, description="Longer examples are truncated")
-    gradient_accumulation_steps: int = Field(4, ge=1, le=1024, description="Forward passes per optimizer step")
-    warmup_ratio: float = Field(0.03, ge=0, le=1, description="Fraction of steps spent warming up")
-    lr_scheduler_type: LrSchedulerType = Field("cosine", description="Learning-rate schedule")
-    save_steps: int = Field(100, ge=1, le=1_000_000, description="Optimizer steps between checkpoints")
-    logging_steps: int = Field(10, ge=1, le=1_000_000, description="Optimizer steps between metrics events")
-    train_on_inputs: bool = Field(False, description="Also train on prompt tokens (default: assistant only)")
-    gradient_checkpointing: bool | Literal["auto"] = Field(
-        "auto", description="Recompute activations in backward; auto: only when they would crowd device memory"
-    )
-    load_in_4bit: bool = Field(False, description="QLoRA: NF4 base weights through bitsandbytes (CUDA workers only)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _auto_means_default(cls, data: Any) -> Any:
-        # OpenAI clients send "auto" for n_epochs, batch_size and learning_rate_multiplier.
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if v != "auto"}
-        return data
-
-    @field_validator("target_modules")
-    @classmethod
-    def _module_names(cls, names: list[str]) -> list[str]:
-        for name in names:
-            if not name or len(name) > 128 or not all(c.isalnum() or c in "._-" for c in name):
-                raise ValueError(f"invalid module name {name!r}")
-        return names
-
-    @property
-    def effective_learning_rate(self) -> float:
-        return self.learning_rate * self.learning_rate_multiplier
+from loraq.job_spec import Hyperparameters
 
 
 class TrainingConfig(BaseModel):

@@ -9,7 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from training.config import Hyperparameters, TrainingConfig
+from loraq.job_spec import Hyperparameters
+from training.config import TrainingConfig
 
 SEED_DEFAULT_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 

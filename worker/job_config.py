@@ -7,10 +7,11 @@ from pathlib import Path
 from sqlalchemy import select
 
 from loraq.base_models import find_model
+from loraq.job_spec import Hyperparameters
 from loraq.settings import Settings
 from loraq.storage import Storage
 from models import FileRecord, Job
-from training.config import Hyperparameters, TrainingConfig
+from training.config import TrainingConfig
 
 
 def build_training_config(job: Job, settings: Settings, storage: Storage, session) -> TrainingConfig:

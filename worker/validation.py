@@ -17,12 +17,12 @@ from typing import Any
 from sqlalchemy import select, update
 
 from loraq.base_models import find_model
+from loraq.job_spec import Hyperparameters
 from loraq.settings import BaseModelEntry, Settings, get_settings
 from loraq.storage import Storage
 from models import FileRecord, Job, JobStatus
 from models.base import utcnow
 from models.session import session_scope
-from training.config import Hyperparameters
 from training.data_report import describe, file_report, plural, training_estimate
 from training.loss_masks import MASK_REMEDY, MaskError
 from worker.celery_app import VALIDATE_JOB_TASK, celery_app, send_job

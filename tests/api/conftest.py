@@ -6,9 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.auth import create_key
 from loraq.migrate import upgrade
 from loraq.settings import Settings
+from models.api_keys import create_key
 from models.session import session_scope
 
 OWNER_KEYS = {"alice": "lq-alice-key-000000000000", "bob": "lq-bob-key-00000000000000"}

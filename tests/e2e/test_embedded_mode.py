@@ -38,7 +38,7 @@ def _alive(pid: int) -> bool:
 def _start_up(tmp_path, port):
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAQ_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "loraq.cli", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        [sys.executable, "-m", "cli", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -74,7 +74,7 @@ def test_a_job_on_someone_elses_file_is_404(service, owners):
 
 
 def test_revoked_key_is_refused(service):
-    from api.auth import list_keys, revoke_key
+    from models.api_keys import list_keys, revoke_key
     from models.session import session_scope
 
     key = service.new_key("carol")

@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from loraq.job_spec import Hyperparameters
 from tests.facts import chat_rows, write_jsonl
 from training.checkpoints import mark_complete, newest_complete, remove_incomplete
-from training.config import Hyperparameters, TrainingConfig
+from training.config import TrainingConfig
 
 
 def _checkpoint(root, step, complete=True):

@@ -226,8 +226,9 @@ def test_lm_head_scores_only_supervised_positions_with_the_same_loss(tiny_dir, m
 def test_trainer_on_a_cpu_takes_the_shortcuts(tiny_dir, tmp_path):
     from trl.trainer import utils as trl_utils
 
+    from loraq.job_spec import Hyperparameters
     from tests.facts import chat_rows, write_jsonl
-    from training.config import Hyperparameters, TrainingConfig
+    from training.config import TrainingConfig
     from training.progress import ProgressCallback, ProgressWriter
     from training.run import build_trainer
 

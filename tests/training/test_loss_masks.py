@@ -82,8 +82,9 @@ def test_training_with_a_template_without_generation_markers(tmp_path):
     """A Qwen2.5-shaped template (no `{% generation %}`): masks are derived and the model still learns."""
     from transformers import AutoTokenizer
 
+    from loraq.job_spec import Hyperparameters
     from tests.facts import chat_rows, write_jsonl
-    from training.config import Hyperparameters, TrainingConfig
+    from training.config import TrainingConfig
     from training.progress import ProgressCallback, ProgressWriter
     from training.run import build_trainer, train
     from training.tiny_model import write_tiny_model

@@ -18,7 +18,7 @@ def test_loraq_train_accepts_the_seed_flags(tmp_path):
     evaluation = write_jsonl(tmp_path / "eval.jsonl", chat_rows()[:2])
     out = tmp_path / "output"
     command = [
-        sys.executable, "-m", "loraq.cli", "train", "--base_model", "loraq-tiny-chat", "--train_path", str(train),
+        sys.executable, "-m", "cli", "train", "--base_model", "loraq-tiny-chat", "--train_path", str(train),
         "--eval_path", str(evaluation), "--output_dir", str(out), "--max_seq_length", "256",
         "--learning_rate", "1e-3", "--num_train_epochs", "2", "--batch_size", "2",
         "--gradient_accumulation_steps", "2", "--save_steps", "2", "--logging_steps", "1", "--seed", "3",
@@ -41,7 +41,7 @@ def test_loraq_train_accepts_the_seed_flags(tmp_path):
 
 def test_build_tiny_command(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "loraq.cli", "models", "build-tiny", str(tmp_path / "tiny")],
+        [sys.executable, "-m", "cli", "models", "build-tiny", str(tmp_path / "tiny")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -54,7 +54,7 @@ def test_build_tiny_command(tmp_path):
 def test_4bit_without_cuda_is_a_clear_error_not_a_traceback(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", chat_rows()[:2])
     command = [
-        sys.executable, "-m", "loraq.cli", "train", "--base_model", "loraq-tiny-chat", "--train_path", str(train),
+        sys.executable, "-m", "cli", "train", "--base_model", "loraq-tiny-chat", "--train_path", str(train),
         "--output_dir", str(tmp_path / "out"), "--load_in_4bit", "--model_cache_dir", str(tmp_path / "cache"),
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)

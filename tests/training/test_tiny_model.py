@@ -6,8 +6,9 @@ import hashlib
 
 import pytest
 
+from loraq.job_spec import Hyperparameters
 from tests.facts import FACTS, MEMORISE, chat_rows, greedy_answers, write_jsonl
-from training.config import Hyperparameters, TrainingConfig
+from training.config import TrainingConfig
 from training.tiny_model import write_tiny_model
 
 pytestmark = pytest.mark.training

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from training.config import DEFAULT_TARGET_MODULES, Hyperparameters
+from loraq.job_spec import DEFAULT_TARGET_MODULES, Hyperparameters
 
 
 def test_defaults_are_the_seed_recipe():

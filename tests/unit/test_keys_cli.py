@@ -7,14 +7,14 @@ import sys
 
 from sqlalchemy import select
 
-from api.auth import authenticate, hash_key
 from models import ApiKey
+from models.api_keys import authenticate, hash_key
 from models.session import session_scope
 
 
 def keys(data_dir, *args) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "loraq.cli", "keys", "--data-dir", str(data_dir), *args],
+        [sys.executable, "-m", "cli", "keys", "--data-dir", str(data_dir), *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 
-from loraq.launch import spawn, thread_environment, worker_command
+from cli.processes import spawn, thread_environment, worker_command
 
 logger = logging.getLogger("loraq.worker")
 

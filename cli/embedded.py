@@ -15,8 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from loraq.embedded_redis import start_redis
-from loraq.launch import api_command, spawn, validator_command, worker_command
+from cli.embedded_redis import start_redis
+from cli.processes import api_command, spawn, validator_command, worker_command
 from loraq.migrate import upgrade
 from loraq.settings import Settings
 
@@ -25,7 +25,7 @@ STOP_TIMEOUT = 60.0  # time for a running job to checkpoint and be handed back
 
 def bootstrap_api_key(settings: Settings) -> str:
     """The key from LORAQ_BOOTSTRAP_API_KEY, else the one saved in the data folder, else a new one."""
-    from api.auth import ensure_key, generate_key
+    from models.api_keys import ensure_key, generate_key
     from models.session import session_scope
 
     key_file = settings.data_dir / "api_key"

@@ -9,24 +9,24 @@ from pathlib import Path
 
 
 def _cmd_up(args) -> int:
-    from loraq.embedded import run_embedded
+    from cli.embedded import run_embedded
 
     return run_embedded(args.host, args.port, Path(args.data_dir))
 
 
 def _cmd_api(args) -> int:
-    from loraq.launch import api_command
+    from cli.processes import api_command
 
     os.execv(sys.executable, api_command(args.host, args.port, args.workers))
 
 
 def _cmd_worker(args) -> int:
-    from loraq.launch import thread_environment, worker_command
+    from cli.processes import thread_environment, worker_command
     from loraq.settings import get_settings
 
     queues = args.queues or get_settings().queue
     if args.gpus:
-        from worker.gpu_fleet import run_fleet
+        from cli.gpu_fleet import run_fleet
 
         return run_fleet([g.strip() for g in args.gpus.split(",") if g.strip()], queues, args.name, args.threads)
     if args.threads:
@@ -35,7 +35,7 @@ def _cmd_worker(args) -> int:
 
 
 def _cmd_validator(args) -> int:
-    from loraq.launch import validator_command
+    from cli.processes import validator_command
     from loraq.settings import get_settings
 
     os.execv(sys.executable, validator_command(get_settings().validation_queue, args.name, args.concurrency))
@@ -48,7 +48,7 @@ def _cmd_migrate(args) -> int:
     settings = get_settings()
     upgrade(settings.resolved_database_url, args.revision)
     if settings.bootstrap_api_key:
-        from api.auth import ensure_key
+        from models.api_keys import ensure_key
         from models.session import session_scope
 
         with session_scope(settings.resolved_database_url) as session:
@@ -67,7 +67,7 @@ def _keys_database(args) -> str:
 
 
 def _cmd_keys(args) -> int:
-    from api.auth import create_key, list_keys, revoke_key
+    from models.api_keys import create_key, list_keys, revoke_key
     from models.session import session_scope
 
     with session_scope(_keys_database(args)) as session:
