@@ -15,9 +15,53 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """Every path of a job's folder, in one place: what the worker writes, the training program reads and
+    writes, and the API serves."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:  # the training program's config (written by the supervisor)
+        return self.root / "config.json"
+
+    @property
+    def progress(self) -> Path:  # the training program's progress records (JSONL, appended)
+        return self.root / "progress.jsonl"
+
+    @property
+    def stop(self) -> Path:  # appears when the supervisor asks the training program to stop
+        return self.root / "stop"
+
+    @property
+    def log(self) -> Path:  # the training program's stdout and stderr
+        return self.root / "train.log"
+
+    @property
+    def checkpoints(self) -> Path:  # checkpoint-N folders (adapter, optimizer and trainer state)
+        return self.root / "checkpoints"
+
+    @property
+    def results(self) -> Path:  # result files published to the owner (metrics CSV, samples)
+        return self.root / "results"
+
+    @property
+    def adapter(self) -> Path:  # the final adapter folder
+        return self.root / "adapter"
+
+    @property
+    def adapter_archive(self) -> Path:  # the final adapter as one downloadable .tar.gz
+        return self.root / "adapter.tar.gz"
+
+    def checkpoint_archive(self, step: int) -> Path:  # one checkpoint's adapter files as a .tar.gz
+        return self.root / "checkpoint-adapters" / f"step-{step}.tar.gz"
 
 
 class Storage:
@@ -37,20 +81,8 @@ class Storage:
         return Path(name)
 
     # ---- jobs
-    def job_dir(self, job_id: str) -> Path:
-        return self.root / "jobs" / job_id
-
-    def checkpoints_dir(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / "checkpoints"
-
-    def adapter_dir(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / "adapter"
-
-    def adapter_archive(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / "adapter.tar.gz"
-
-    def checkpoint_archive(self, job_id: str, step: int) -> Path:
-        return self.job_dir(job_id) / "checkpoint-adapters" / f"step-{step}.tar.gz"
+    def job_paths(self, job_id: str) -> JobPaths:
+        return JobPaths(self.root / "jobs" / job_id)
 
     def relative(self, path: Path) -> str:
         return str(Path(path).resolve().relative_to(self.root.resolve()))

@@ -12,25 +12,26 @@ from loraq.settings import Settings
 from loraq.storage import Storage
 from models import FileRecord, Job
 from training.config import TrainingConfig
+from worker.errors import ModelNotOffered
 
 
 def build_training_config(job: Job, settings: Settings, storage: Storage, session) -> TrainingConfig:
     entry = find_model(settings, job.model)
     if entry is None:
-        raise LookupError(f"base model {job.model!r} is no longer offered by this server")
+        raise ModelNotOffered(f"base model {job.model!r} is no longer offered by this server")
     files = job_file_paths(job, storage, session)
-    job_dir = storage.job_dir(job.id)
+    paths = storage.job_paths(job.id)
     return TrainingConfig(
         base_model=entry.source,
         trust_remote_code=entry.trust_remote_code,
         model_cache_dir=str(settings.model_cache_dir),
         train_path=str(files[job.training_file]),
         eval_path=str(files[job.validation_file]) if job.validation_file else None,
-        output_dir=str(storage.adapter_dir(job.id)),
-        checkpoint_dir=str(storage.checkpoints_dir(job.id)),
-        results_dir=str(job_dir / "results"),
-        progress_path=str(job_dir / "progress.jsonl"),
-        stop_path=str(job_dir / "stop"),
+        output_dir=str(paths.adapter),
+        checkpoint_dir=str(paths.checkpoints),
+        results_dir=str(paths.results),
+        progress_path=str(paths.progress),
+        stop_path=str(paths.stop),
         seed=job.seed,
         hyperparameters=Hyperparameters.model_validate(job.hyperparameters),
         extra_metadata={"job_id": job.id, "model": job.model, "fine_tuned_model": job.fine_tuned_name},

@@ -19,13 +19,13 @@ import logging
 import threading
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from loraq.settings import Settings
 from models import Job, JobStatus, utcnow
+from models.job_state import mark_resent, recover_lost_job
 from models.session import session_scope
 from worker.celery_app import celery_app, send_job, send_validation
-from worker.claims import add_event
 
 logger = logging.getLogger("loraq.reconciler")
 
@@ -64,35 +64,12 @@ class Reconciler:
             ).all()
         requeued = []
         for job_id, attempts, owner, queue in lost:
-            if self._requeue_or_fail(job_id, attempts, owner, now):
+            with session_scope(self.db) as session:
+                outcome = recover_lost_job(session, job_id, attempts, owner, self.settings.max_attempts)
+            if outcome == JobStatus.queued:
                 send_job(job_id, queue)
                 requeued.append(job_id)
         return requeued
-
-    def _requeue_or_fail(self, job_id: str, attempts: int, owner: str | None, now) -> bool:
-        expired = (Job.id == job_id, Job.status == JobStatus.running, Job.lease_expires_at < now)
-        with session_scope(self.db) as session:
-            if attempts >= self.settings.max_attempts:
-                message = (
-                    f"The job's worker stopped responding {attempts} time(s) (last: {owner}); "
-                    "giving up after the maximum number of attempts."
-                )
-                values = {
-                    "status": JobStatus.failed,
-                    "finished_at": now,
-                    "lease_expires_at": None,
-                    "error": {"code": "worker_lost", "message": message, "param": None},
-                }
-            else:
-                message = f"Worker {owner} stopped renewing its lease; job re-queued"
-                values = {"status": JobStatus.queued, "lease_owner": None, "lease_expires_at": None, "enqueued_at": now}
-            result = session.execute(
-                update(Job).where(*expired).values(**values).execution_options(synchronize_session=False)
-            )
-            if result.rowcount != 1:
-                return False  # someone else repaired it, or the worker renewed in time
-            add_event(session, job_id, message, level="warn" if values["status"] == JobStatus.queued else "error")
-            return values["status"] == JobStatus.queued
 
     # ---------------------------------------------------------------- lost messages
     def resend_missing_messages(self) -> list[str]:
@@ -118,15 +95,8 @@ class Reconciler:
             if job_id in waiting[queue]:
                 continue  # still waiting its turn behind other jobs
             with session_scope(self.db) as session:
-                result = session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.status == status, Job.enqueued_at == enqueued_at)
-                    .values(enqueued_at=now)
-                    .execution_options(synchronize_session=False)
-                )
-                if result.rowcount != 1:
+                if not mark_resent(session, job_id, status, enqueued_at):
                     continue
-                add_event(session, job_id, "Job message was missing from the broker; sent again")
             send(job_id, queue)
             resent.append(job_id)
         return resent

@@ -11,36 +11,42 @@ archive is on disk with its sha256 recorded.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from loraq.settings import Settings
 from loraq.storage import Storage, build_archive, read_tail, sha256_of
 from models import Checkpoint, FileRecord, FileStatus, Job, JobStatus, new_id, utcnow
-from models.session import session_scope
-from training.checkpoints import is_adapter_file, is_complete, newest_complete, remove_incomplete, step_of
-from training.config import TrainingConfig
-from worker.celery_app import send_job
-from worker.child_process import ProgressTail, exit_reason, kill, request_stop, start_training
-from worker.claims import (
+from models.job_state import (
     add_event,
     claim_job,
+    fail_job,
     finish_job,
+    get_job,
+    is_held_by,
     record_checkpoint,
     record_metrics,
     release_job,
     renew_lease,
 )
+from models.session import session_scope
+from training.checkpoints import is_adapter_file, is_complete, newest_complete, remove_incomplete, step_of
+from training.config import TrainingConfig
+from worker.celery_app import send_job
+from worker.child_process import ProgressTail, exit_reason, kill, request_stop, start_training
+from worker.errors import JobTaskError, ModelNotOffered, StorageFailure
 from worker.job_config import build_training_config
 
 logger = logging.getLogger("loraq.worker")
@@ -54,9 +60,15 @@ def worker_identity(node: str | None = None) -> str:
     return f"{node or socket.gethostname()}:{os.getpid()}"
 
 
-@dataclass
-class RunOutcome:
-    final: dict[str, Any] | None = None  # the child's last record: completed, stopped or failed
+class Outcome(enum.StrEnum):
+    """How one delivery of the job task ended (the Celery task's result)."""
+
+    skipped = "skipped"  # not claimable: taken by another worker, finished or cancelled
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    requeued = "requeued"  # handed back to the queue with its checkpoints (shutdown, or a retry)
+    lost = "lost"  # the lease passed to another worker meanwhile; nothing of ours to record
 
 
 # Set when Celery begins a warm shutdown (SIGTERM): the running job checkpoints and goes back to the queue.
@@ -69,57 +81,58 @@ class JobSupervisor:
         self.settings = settings
         self.db = settings.resolved_database_url
         self.storage = Storage(settings.resolved_storage_root)
+        self.paths = self.storage.job_paths(job_id)
         self.worker_id = worker_identity(node)
         self.deadline: datetime | None = None
         self.time_limit: int | None = None  # seconds, from the job's first start
         self.attempt = 0
+        self.final: dict[str, Any] = {}  # the child's last record: completed, stopped or failed
 
     # ------------------------------------------------------------------ entry point
-    def run(self) -> str:
+    def run(self) -> Outcome:
         with session_scope(self.db) as session:
             job = claim_job(session, self.job_id, self.worker_id, self.settings.lease_seconds)
             if job is None:
                 logger.info("job %s: not claimable (taken, finished or cancelled); skipping", self.job_id)
-                return "skipped"
+                return Outcome.skipped
             self.attempt = job.attempts
             self.deadline = self._deadline(job)
             try:
                 config = build_training_config(job, self.settings, self.storage, session)
-            except LookupError as exc:
-                self._finish_failed(session, "model_not_found", str(exc))
-                return "failed"
+            except ModelNotOffered as exc:  # failed in the claim's own transaction: it never runs
+                fail_job(session, self.job_id, self.worker_id, exc.code, exc.message)
+                return Outcome.failed
             config.resume_from = self._resume_point()
             unreported = self._unreported_checkpoints(session)
-            devices = os.environ.get("CUDA_VISIBLE_DEVICES")
-            add_event(
-                session, self.job_id,
-                f"Fine-tuning job started (attempt {job.attempts}) on {self.worker_id}"
-                + (f", GPU {devices}" if devices else ""),
-                data={
-                    "worker": self.worker_id, "attempt": job.attempts, "cuda_visible_devices": devices,
-                    "cpu_threads": int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1),
-                },
-            )  # fmt: skip
-            if config.resume_from:
-                step = step_of(Path(config.resume_from))
-                add_event(
-                    session,
-                    self.job_id,
-                    f"Resuming from the checkpoint at step {step}",
-                    data={"resumed_from_step": step, "attempt": job.attempts},
-                )
+            self._announce_start(session, job, config)
         logger.info("job %s: claimed by %s (attempt %s)", self.job_id, self.worker_id, self.attempt)
         try:
             self._record_unreported_checkpoints(unreported, self.attempt - 1)
             return self._train_and_record(config)
         except OSError as exc:
             logger.exception("job %s: storage error", self.job_id)
-            self._fail("storage_error", f"Writing to shared storage failed: {exc}. No adapter was published.")
-            return "failed"
+            return self._fail(StorageFailure(f"Writing to shared storage failed: {exc}. No adapter was published."))
         except Exception as exc:  # our own crash: the job must not hang in `running`
             logger.exception("job %s: supervisor error", self.job_id)
-            self._fail("internal_error", f"The worker failed while running the job: {type(exc).__name__}: {exc}")
-            return "failed"
+            return self._fail(JobTaskError(f"The worker failed while running the job: {type(exc).__name__}: {exc}"))
+
+    def _announce_start(self, session: Session, job: Job, config: TrainingConfig) -> None:
+        devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+        add_event(
+            session, self.job_id,
+            f"Fine-tuning job started (attempt {job.attempts}) on {self.worker_id}"
+            + (f", GPU {devices}" if devices else ""),
+            data={
+                "worker": self.worker_id, "attempt": job.attempts, "cuda_visible_devices": devices,
+                "cpu_threads": int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1),
+            },
+        )  # fmt: skip
+        if config.resume_from:
+            step = step_of(Path(config.resume_from))
+            add_event(
+                session, self.job_id, f"Resuming from the checkpoint at step {step}",
+                data={"resumed_from_step": step, "attempt": job.attempts},
+            )  # fmt: skip
 
     def _deadline(self, job: Job) -> datetime | None:
         limits = [x for x in (self.settings.max_job_seconds, job.max_runtime_seconds) if x]
@@ -128,19 +141,19 @@ class JobSupervisor:
         self.time_limit = min(limits)
         return job.first_started_at + timedelta(seconds=self.time_limit)
 
+    # ------------------------------------------------------------------ checkpoints on storage
     def _resume_point(self) -> str | None:
         """The newest complete checkpoint of an earlier attempt; half-written ones are deleted."""
-        checkpoints = self.storage.checkpoints_dir(self.job_id)
-        for folder in remove_incomplete(checkpoints):
+        for folder in remove_incomplete(self.paths.checkpoints):
             logger.warning("job %s: removed incomplete checkpoint %s", self.job_id, folder.name)
-        newest = newest_complete(checkpoints)
+        newest = newest_complete(self.paths.checkpoints)
         return str(newest) if newest else None
 
-    def _unreported_checkpoints(self, session) -> list[Path]:
+    def _unreported_checkpoints(self, session: Session) -> list[Path]:
         """Complete checkpoints on storage with no database record: a worker that died may have completed a
         checkpoint without recording it; storage is the truth."""
         recorded = set(session.scalars(select(Checkpoint.step_number).where(Checkpoint.job_id == self.job_id)))
-        folder = self.storage.checkpoints_dir(self.job_id)
+        folder = self.paths.checkpoints
         complete = [p for p in folder.iterdir() if is_complete(p)] if folder.is_dir() else []
         return sorted((p for p in complete if step_of(p) not in recorded), key=step_of)
 
@@ -162,42 +175,37 @@ class JobSupervisor:
         """The checkpoint's adapter files (no optimizer or trainer state) as one downloadable archive."""
         try:
             return build_archive(
-                folder, self.storage.checkpoint_archive(self.job_id, step), f"{self.job_id}-step-{step}",
-                include=is_adapter_file,
-            )  # fmt: skip
+                folder, self.paths.checkpoint_archive(step), f"{self.job_id}-step-{step}", include=is_adapter_file
+            )
         except OSError as exc:  # the checkpoint stays usable for resuming; only its download is missing
             logger.warning("job %s: could not archive checkpoint %s: %s", self.job_id, folder.name, exc)
             return None
 
     # ------------------------------------------------------------------ child process
-    def _train_and_record(self, config: TrainingConfig) -> str:
-        job_dir = self.storage.job_dir(self.job_id)
-        job_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("progress.jsonl", "stop"):
-            (job_dir / stale).unlink(missing_ok=True)
-        config_path = job_dir / "config.json"
-        config_path.write_text(config.model_dump_json(indent=2))
-        log_path = job_dir / "train.log"
-        child = start_training(config_path, log_path)
-        outcome = self._watch(child, ProgressTail(Path(config.progress_path)), Path(config.stop_path))
-        return self._record_outcome(child.returncode, outcome, log_path)
+    def _train_and_record(self, config: TrainingConfig) -> Outcome:
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        for stale in (self.paths.progress, self.paths.stop):
+            stale.unlink(missing_ok=True)
+        self.paths.config.write_text(config.model_dump_json(indent=2))
+        child = start_training(self.paths.config, self.paths.log)
+        self._watch(child, ProgressTail(self.paths.progress))
+        return self._record_outcome(child.returncode)
 
-    def _watch(self, child: subprocess.Popen, tail: ProgressTail, stop_path: Path) -> RunOutcome:
-        outcome = RunOutcome()
+    def _watch(self, child: subprocess.Popen, tail: ProgressTail) -> None:
         renew_every = self.settings.lease_seconds / 3
         last_renew = time.monotonic()
         stop_asked_at: float | None = None
         try:
             while True:
                 exited = child.poll() is not None
-                self._apply(tail.read(), outcome)
+                self._apply(tail.read())
                 if exited:
-                    return outcome
+                    return
                 renew_due = time.monotonic() - last_renew >= renew_every
                 if stop_asked_at is None:
                     reason = self._stop_reason(renew_due)
                     if reason:
-                        request_stop(stop_path, reason)
+                        request_stop(self.paths.stop, reason)
                         stop_asked_at = time.monotonic()
                         logger.info("job %s: asked the training process to stop (%s)", self.job_id, reason)
                 if renew_due:
@@ -223,14 +231,14 @@ class JobSupervisor:
     def _still_ours(self, renew: bool) -> bool:
         """False once the job is cancelled or claimed by someone else; renews the lease when asked."""
         with session_scope(self.db) as session:
-            job = session.scalars(select(Job).where(Job.id == self.job_id)).one()
-            if job.cancel_requested or job.status != JobStatus.running or job.lease_owner != self.worker_id:
+            if not is_held_by(session, self.job_id, self.worker_id):
                 return False
             if renew:
                 return renew_lease(session, self.job_id, self.worker_id, self.settings.lease_seconds)
         return True
 
-    def _apply(self, records: list[dict[str, Any]], outcome: RunOutcome) -> None:
+    # ------------------------------------------------------------------ the child's progress records
+    def _apply(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
         # Archives are written before the transaction opens: no database transaction waits on file I/O.
@@ -241,36 +249,42 @@ class JobSupervisor:
         }
         with session_scope(self.db) as session:
             for record in records:
-                kind = record["type"]
-                if kind == "metrics":
-                    record_metrics(session, self.job_id, self.worker_id, record)
-                elif kind == "checkpoint":
-                    key = self.storage.relative(Path(record["path"]))
-                    archive = archives[record["step"]]
-                    record_checkpoint(session, self.job_id, record, key, attempt=self.attempt, archive=archive)
-                elif kind == "evaluation":
-                    loss = record.get("eval_loss")
-                    data = {k: v for k, v in record.items() if k not in ("type", "time")}
-                    add_event(
-                        session,
-                        self.job_id,
-                        f"Step {record['step']}: validation loss={loss:.4f}",
-                        kind="metrics",
-                        data=data,
-                    )
-                elif kind == "started":
-                    add_event(
-                        session,
-                        self.job_id,
-                        f"Training started: {record['total_steps']} steps",
-                        data={"total_steps": record["total_steps"]},
-                    )
-                elif kind in ("completed", "stopped", "failed"):
-                    outcome.final = record
+                handler = self.RECORD_HANDLERS.get(record["type"])
+                if handler is not None:
+                    handler(self, session, record, archives)
+
+    def _on_metrics(self, session: Session, record: dict[str, Any], _archives: dict) -> None:
+        record_metrics(session, self.job_id, self.worker_id, record)
+
+    def _on_checkpoint(self, session: Session, record: dict[str, Any], archives: dict) -> None:
+        key = self.storage.relative(Path(record["path"]))
+        record_checkpoint(session, self.job_id, record, key, attempt=self.attempt, archive=archives[record["step"]])
+
+    def _on_evaluation(self, session: Session, record: dict[str, Any], _archives: dict) -> None:
+        data = {k: v for k, v in record.items() if k not in ("type", "time")}
+        message = f"Step {record['step']}: validation loss={record.get('eval_loss'):.4f}"
+        add_event(session, self.job_id, message, kind="metrics", data=data)
+
+    def _on_started(self, session: Session, record: dict[str, Any], _archives: dict) -> None:
+        total = record["total_steps"]
+        add_event(session, self.job_id, f"Training started: {total} steps", data={"total_steps": total})
+
+    def _on_final(self, _session: Session, record: dict[str, Any], _archives: dict) -> None:
+        self.final = record
+
+    RECORD_HANDLERS: dict[str, Callable[[JobSupervisor, Session, dict[str, Any], dict], None]] = {
+        "metrics": _on_metrics,
+        "checkpoint": _on_checkpoint,
+        "evaluation": _on_evaluation,
+        "started": _on_started,
+        "completed": _on_final,
+        "stopped": _on_final,
+        "failed": _on_final,
+    }
 
     # ------------------------------------------------------------------ outcome
-    def _record_outcome(self, returncode: int, outcome: RunOutcome, log_path: Path) -> str:
-        final = outcome.final or {}
+    def _record_outcome(self, returncode: int) -> Outcome:
+        final = self.final
         if final.get("type") == "completed" and returncode == 0:
             return self._succeed(final)
         if final.get("type") == "stopped":
@@ -280,25 +294,29 @@ class JobSupervisor:
                     f"Worker {self.worker_id} is shutting down: checkpointed at step {final.get('steps')} and re-queued"
                 )
             if reason == "deadline":
-                self._fail(
-                    "time_limit_exceeded",
-                    f"The job ran past its {self.time_limit}-second run-time limit; "
-                    f"stopped at step {final.get('steps')} after a final checkpoint.",
+                return self._fail(
+                    JobTaskError(
+                        f"The job ran past its {self.time_limit}-second run-time limit; "
+                        f"stopped at step {final.get('steps')} after a final checkpoint.",
+                        code="time_limit_exceeded",
+                    ),
                     completed_steps=final.get("steps"),
                     trained_tokens=final.get("trained_tokens"),
                 )
-                return "failed"
         with session_scope(self.db) as session:
-            job = session.scalars(select(Job).where(Job.id == self.job_id)).one()
+            job = get_job(session, self.job_id)
             if job.status == JobStatus.cancelled or job.cancel_requested:
                 step = final.get("steps", job.completed_steps)
                 add_event(session, self.job_id, f"Training stopped at step {step} after cancellation")
-                return "cancelled"
+                return Outcome.cancelled
             if job.lease_owner != self.worker_id or job.status != JobStatus.running:
-                return "lost"  # the reconciler gave the job to another worker; nothing of ours to record
+                return Outcome.lost  # the reconciler gave the job to another worker; nothing of ours to record
         if final.get("type") == "failed":
-            self._fail(final.get("code", "training_error"), final.get("message", "training failed"))
-            return "failed"
+            code = final.get("code", "training_error")
+            return self._fail(JobTaskError(final.get("message", "training failed"), code=code))
+        return self._retry_or_fail(returncode)
+
+    def _retry_or_fail(self, returncode: int) -> Outcome:
         reason = exit_reason(returncode)
         if returncode < 0 and self.attempt < self.settings.max_attempts:
             # Killed from outside (the kernel's OOM killer, an operator): worth another attempt, which
@@ -308,53 +326,46 @@ class JobSupervisor:
                 f"(attempt {self.attempt + 1} of {self.settings.max_attempts})"
             )
         hint = " Lower hyperparameters.batch_size or max_seq_length if it ran out of memory." if returncode < 0 else ""
-        self._fail(
-            "training_crashed",
-            f"The training process {reason} (attempt {self.attempt} of "
-            f"{self.settings.max_attempts}).{hint} Log tail: {read_tail(log_path, 600)}",
+        return self._fail(
+            JobTaskError(
+                f"The training process {reason} (attempt {self.attempt} of "
+                f"{self.settings.max_attempts}).{hint} Log tail: {read_tail(self.paths.log, 600)}",
+                code="training_crashed",
+            )
         )
-        return "failed"
 
-    def _hand_back(self, message: str) -> str:
+    def _hand_back(self, message: str) -> Outcome:
         """Release the job to the queue (keeping its checkpoints) and send it again."""
         with session_scope(self.db) as session:
-            job = release_job(session, self.job_id, self.worker_id)
+            job = release_job(session, self.job_id, self.worker_id, message)
             if job is None:
-                return "lost"
-            add_event(session, self.job_id, message, level="warn")
+                return Outcome.lost
         try:
             send_job(job.id, job.queue)
         except Exception:  # the broker is down too: the reconciler sends queued jobs again
             logger.warning("job %s: re-queued in the database, but the broker refused it", self.job_id)
-        return "requeued"
+        return Outcome.requeued
 
-    def _succeed(self, final: dict[str, Any]) -> str:
+    def _succeed(self, final: dict[str, Any]) -> Outcome:
         adapter = Path(final["adapter_dir"])
-        sha256, size = build_archive(adapter, self.storage.adapter_archive(self.job_id), arcname=self.job_id)
+        sha256, size = build_archive(adapter, self.paths.adapter_archive, arcname=self.job_id)
         with session_scope(self.db) as session:
-            job = session.scalars(select(Job).where(Job.id == self.job_id)).one()
+            job = get_job(session, self.job_id)
             name = job.fine_tuned_name
             result_ids = [self._register_result_file(session, job, Path(p)) for p in final.get("result_files", [])]
             done = finish_job(
-                session,
-                self.job_id,
-                self.worker_id,
-                JobStatus.succeeded,
-                fine_tuned_model=name,
-                trained_tokens=final.get("trained_tokens"),
-                completed_steps=final.get("steps"),
-                adapter_sha256=sha256,
-                adapter_bytes=size,
-                result_files=result_ids,
-            )
+                session, self.job_id, self.worker_id, JobStatus.succeeded,
+                fine_tuned_model=name, trained_tokens=final.get("trained_tokens"), completed_steps=final.get("steps"),
+                adapter_sha256=sha256, adapter_bytes=size, result_files=result_ids,
+            )  # fmt: skip
             if not done:
                 add_event(session, self.job_id, "Training finished after the job was cancelled; adapter discarded")
-                return "cancelled"
+                return Outcome.cancelled
             add_event(session, self.job_id, f"New fine-tuned model created: {name}", data={"fine_tuned_model": name})
             add_event(session, self.job_id, "The job has successfully completed")
-        return "succeeded"
+        return Outcome.succeeded
 
-    def _register_result_file(self, session, job: Job, path: Path) -> str:
+    def _register_result_file(self, session: Session, job: Job, path: Path) -> str:
         """A result file becomes a file of the job's owner (purpose `fine-tune-results`), where it lies."""
         record = FileRecord(
             id=new_id("file"), owner=job.owner, filename=path.name, purpose="fine-tune-results",
@@ -364,14 +375,7 @@ class JobSupervisor:
         session.add(record)
         return record.id
 
-    def _fail(self, code: str, message: str, **values: Any) -> None:
+    def _fail(self, error: JobTaskError, **values: Any) -> Outcome:
         with session_scope(self.db) as session:
-            self._finish_failed(session, code, message, **values)
-
-    def _finish_failed(self, session, code: str, message: str, **values: Any) -> None:
-        if finish_job(session, self.job_id, self.worker_id, JobStatus.failed, error=_error(code, message), **values):
-            add_event(session, self.job_id, f"Job failed: {message}", level="error")
-
-
-def _error(code: str, message: Any) -> dict[str, Any]:
-    return {"code": code, "message": str(message), "param": None}
+            fail_job(session, self.job_id, self.worker_id, error.code, error.message, **values)
+        return Outcome.failed

@@ -14,31 +14,25 @@ import logging
 import threading
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from loraq.base_models import find_model
 from loraq.job_spec import Hyperparameters
 from loraq.settings import BaseModelEntry, Settings, get_settings
 from loraq.storage import Storage
 from models import FileRecord, Job, JobStatus
-from models.base import utcnow
+from models.job_state import add_event, fail_validation, find_job, finish_validation
 from models.session import session_scope
 from training.data_report import describe, file_report, plural, training_estimate
 from training.loss_masks import MASK_REMEDY, MaskError
 from worker.celery_app import VALIDATE_JOB_TASK, celery_app, send_job
-from worker.claims import add_event
+from worker.errors import ValidationFailure
 from worker.job_config import job_file_paths
 
 logger = logging.getLogger("loraq.validator")
 
 _tokenizers: dict[str, Any] = {}
 _tokenizers_lock = threading.Lock()
-
-
-class ValidationFailure(Exception):
-    def __init__(self, code: str, message: str, param: str | None = None):
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
 
 
 def load_tokenizer(entry: BaseModelEntry, settings: Settings):
@@ -64,11 +58,12 @@ def validate_job(job_id: str, settings: Settings) -> str:
     """Tokenize the job's files and move it to `queued` or `failed`; returns the outcome."""
     url = settings.resolved_database_url
     with session_scope(url) as session:
-        job = session.scalars(select(Job).where(Job.id == job_id)).one_or_none()
+        job = find_job(session, job_id)
         if job is None or job.status != JobStatus.validating_files:
             return "skipped"
         files = job_file_paths(job, Storage(settings.resolved_storage_root), session)
-        paths = {role: files[file_id] for role, file_id in _roles(job)}
+        file_ids = dict(_roles(job))
+        paths = {role: files[file_id] for role, file_id in file_ids.items()}
         hp = Hyperparameters.model_validate(job.hyperparameters)
         model, queue = job.model, job.queue
     try:
@@ -77,18 +72,16 @@ def validate_job(job_id: str, settings: Settings) -> str:
         return _fail(url, job_id, failure)
     except Exception as exc:  # our own crash still ends the stage, with a reason
         logger.exception("validation of %s crashed", job_id)
-        return _fail(url, job_id, ValidationFailure("validation_error", f"{type(exc).__name__}: {exc}"[:2000]))
+        return _fail(url, job_id, ValidationFailure(f"{type(exc).__name__}: {exc}"[:2000]))
     with session_scope(url) as session:
-        queued = _leave_validation(
-            session, job_id, status=JobStatus.queued, enqueued_at=utcnow(),
-            total_steps=estimate["estimated_steps"], estimated_tokens=estimate["estimated_tokens"],
-        )  # fmt: skip
+        queued = finish_validation(
+            session, job_id, total_steps=estimate["estimated_steps"], estimated_tokens=estimate["estimated_tokens"]
+        )
         if not queued:
             return "skipped"
-        job = session.scalars(select(Job).where(Job.id == job_id)).one()
         for role, report in reports.items():
             add_event(session, job_id, describe(report, role), kind="message", data={"file": role, **report})
-            _keep_report(session, getattr(job, f"{role}_file"), model, report)
+            _keep_report(session, file_ids[role], model, report)
         train = reports["training"]
         if train["usable_examples"] < estimate["examples_per_step"]:
             add_event(
@@ -112,12 +105,16 @@ def validate_job(job_id: str, settings: Settings) -> str:
 def _check(settings: Settings, model: str, paths: dict, hp: Hyperparameters) -> tuple[dict, dict]:
     entry = find_model(settings, model)
     if entry is None:
-        raise ValidationFailure("model_not_found", f"Base model '{model}' is no longer offered by this server", "model")
+        raise ValidationFailure(
+            f"Base model '{model}' is no longer offered by this server", code="model_not_found", param="model"
+        )
     try:
         tokenizer = load_tokenizer(entry, settings)
     except Exception as exc:
         raise ValidationFailure(
-            "model_unavailable", f"The tokenizer of base model '{model}' could not be loaded: {exc}"[:2000], "model"
+            f"The tokenizer of base model '{model}' could not be loaded: {exc}"[:2000],
+            code="model_unavailable",
+            param="model",
         ) from None
     reports = {}
     for role, path in paths.items():
@@ -125,51 +122,35 @@ def _check(settings: Settings, model: str, paths: dict, hp: Hyperparameters) -> 
             reports[role] = file_report(path, tokenizer, hp.max_seq_length, hp.train_on_inputs)
         except MaskError as exc:
             raise ValidationFailure(
-                "invalid_chat_template",
                 f"Cannot train on assistant tokens only with the chat template of '{model}': {role} file, {exc}. "
                 + MASK_REMEDY,
-                f"{role}_file",
+                code="invalid_chat_template",
+                param=f"{role}_file",
             ) from None
     train = reports["training"]
     needed = settings.min_training_examples
     if train["usable_examples"] < needed:
         skipped = train["unsupervised_examples"]
         raise ValidationFailure(
-            "invalid_training_file",
             f"The training file has {plural(train['usable_examples'], 'usable example')}; at least {needed} "
             f"{'is' if needed == 1 else 'are'} needed. "
             + (f"{describe(train, 'training')}." if skipped["count"] else ""),
-            "training_file",
+            code="invalid_training_file",
+            param="training_file",
         )
     if "validation" in reports and reports["validation"]["usable_examples"] == 0:
         raise ValidationFailure(
-            "invalid_validation_file",
             f"The validation file has no usable examples. {describe(reports['validation'], 'validation')}.",
-            "validation_file",
+            code="invalid_validation_file",
+            param="validation_file",
         )
     return reports, training_estimate(train, hp.batch_size, hp.gradient_accumulation_steps, hp.n_epochs)
 
 
 def _fail(url: str, job_id: str, failure: ValidationFailure) -> str:
     with session_scope(url) as session:
-        moved = _leave_validation(
-            session, job_id, status=JobStatus.failed, finished_at=utcnow(),
-            error={"code": failure.code, "message": failure.message, "param": failure.param},
-        )  # fmt: skip
-        if moved:
-            add_event(session, job_id, f"Validation failed: {failure.message}", level="error")
+        moved = fail_validation(session, job_id, failure.code, failure.message, failure.param)
     return "failed" if moved else "skipped"
-
-
-def _leave_validation(session, job_id: str, **values) -> bool:
-    """Move the job on from validating_files; False if it is no longer there (cancelled meanwhile)."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.validating_files)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
 
 
 def _keep_report(session, file_id: str, model: str, report: dict) -> None:

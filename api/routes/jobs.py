@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from api.deps import CurrentOwner, JobDep, SessionDep, SettingsDep, after_commit, visible_to
 from api.errors import APIError, not_found
@@ -26,9 +26,8 @@ from api.schemas import (
 )
 from loraq.base_models import find_model
 from loraq.storage import ChecksumVerifier, Storage
-from models import Checkpoint, FileRecord, FileStatus, Job, JobEvent, JobStatus, new_id, utcnow
+from models import Checkpoint, FileRecord, FileStatus, Job, JobEvent, JobStatus, job_state, new_id
 from worker.celery_app import send_validation
-from worker.claims import add_event
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 logger = logging.getLogger("loraq.api")
@@ -115,15 +114,10 @@ def create_job(
         suffix=body.suffix,
         seed=DEFAULT_SEED if body.seed is None else body.seed,
         user_metadata=body.metadata,
-        status=JobStatus.validating_files,
         queue=entry.queue or settings.queue,
-        enqueued_at=utcnow(),
         max_runtime_seconds=body.max_runtime_seconds,
     )
-    session.add(job)
-    session.flush()
-    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
-    add_event(session, job.id, "Validating training file" + (" and validation file" if job.validation_file else ""))
+    job_state.create_job(session, job)
     public = JobPublic.of(job)
     complete(record, 200, public.model_dump(mode="json"))
     after_commit(session, lambda: send_validation(job.id, settings.validation_queue))
@@ -157,18 +151,10 @@ def cancel_job(job: JobDep, session: SessionDep):
             param="job_id",
             code="job_finished",
         )
-    was = job.status
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == was)
-        .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow(), estimated_finish=None)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # it moved on meanwhile (started or finished); the caller may retry
+    if not job_state.cancel_job(session, job.id, was=job.status):
+        # It moved on meanwhile (started or finished): decide again from where it is now.
         session.refresh(job)
         return cancel_job(job, session)
-    note = "; training stops at its next step" if was == JobStatus.running else ""
-    add_event(session, job.id, f"Job cancelled{note}")
     session.flush()
     session.refresh(job)
     return JobPublic.of(job)
@@ -208,7 +194,7 @@ async def download_adapter(
             param="job_id",
             code="adapter_not_ready",
         )
-    path = Storage(settings.resolved_storage_root).adapter_archive(job.id)
+    path = Storage(settings.resolved_storage_root).job_paths(job.id).adapter_archive
     return await _serve_archive(path, job.adapter_sha256, f"{job.id}-adapter.tar.gz", if_none_match)
 
 
@@ -238,7 +224,7 @@ async def download_checkpoint_adapter(
             param="checkpoint_id",
             code="adapter_not_ready",
         )
-    path = Storage(settings.resolved_storage_root).checkpoint_archive(job.id, checkpoint.step_number)
+    path = Storage(settings.resolved_storage_root).job_paths(job.id).checkpoint_archive(checkpoint.step_number)
     filename = f"{job.id}-step-{checkpoint.step_number}-adapter.tar.gz"
     return await _serve_archive(path, checkpoint.adapter_sha256, filename, if_none_match)
 

@@ -3,17 +3,12 @@ examples with nothing to learn named by line, and the run's estimated steps and 
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
-from models import Job
-from models.base import utcnow
 from tests.facts import chat_rows, write_jsonl
 from training.data_report import describe, file_report, training_estimate
 from training.loss_masks import MaskError, tokenize_with_mask
 from training.tiny_model import build_tiny_tokenizer
-from worker.claims import estimate_finish
 
 WEIGHT_0 = {"messages": [{"role": "user", "content": "Say A."}, {"role": "assistant", "content": "B", "weight": 0}]}
 LONG = {"messages": [{"role": "user", "content": "word " * 5}, {"role": "assistant", "content": "fine " * 80}]}
@@ -77,14 +72,3 @@ def test_a_template_that_cannot_be_masked_names_the_line(tmp_path, tokenizer):
     path = write_jsonl(tmp_path / "t.jsonl", chat_rows()[:2])
     with pytest.raises(MaskError, match="line 1: the chat template"):
         file_report(path, tokenizer, 64, train_on_inputs=False)
-
-
-def test_estimated_finish_uses_tokens_left_at_the_measured_speed():
-    now = utcnow()
-    job = Job(
-        estimated_tokens=10_000, started_at=now - timedelta(seconds=50), completed_steps=10, total_steps=100,
-        trained_tokens=2_000, tokens_per_second=400.0,
-    )  # fmt: skip
-    assert estimate_finish(job, now) == now + timedelta(seconds=20)
-    job.estimated_tokens = None  # an older job: steps left at the average step time
-    assert estimate_finish(job, now) == now + timedelta(seconds=450)

@@ -31,7 +31,7 @@ def test_next_attempt_records_and_archives_what_storage_holds(tmp_path):
     settings = Settings(data_dir=tmp_path)
     upgrade(settings.resolved_database_url)
     supervisor = JobSupervisor(JOB_ID, settings, node="test")
-    checkpoints = supervisor.storage.checkpoints_dir(JOB_ID)
+    checkpoints = supervisor.paths.checkpoints
     for step, complete in ((10, True), (20, True), (30, False)):
         write_checkpoint(checkpoints / f"checkpoint-{step}", step, complete)
     with session_scope(settings.resolved_database_url) as session:
@@ -54,7 +54,7 @@ def test_next_attempt_records_and_archives_what_storage_holds(tmp_path):
         assert rows[20].adapter_sha256 and rows[20].adapter_bytes
         events = list(session.scalars(select(JobEvent).where(JobEvent.job_id == JOB_ID)))
         assert [(e.message, e.data["attempt"]) for e in events] == [("Checkpoint created at step 20", 1)]
-    archive = supervisor.storage.checkpoint_archive(JOB_ID, 20)
+    archive = supervisor.paths.checkpoint_archive(20)
     assert archive.stat().st_size == rows[20].adapter_bytes
     with tarfile.open(archive) as tar:
         names = sorted(n.rsplit("/", 1)[-1] for n in tar.getnames() if "." in n.rsplit("/", 1)[-1])

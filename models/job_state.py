@@ -1,0 +1,243 @@
+"""The job state machine: every change of a job's status, and the events that record it.
+
+    validating_files ──▶ queued ──▶ running ──▶ succeeded | failed
+          │                ▲  │        │  ▲
+          └──▶ failed      │  └────────┼──┘ claim (queued, or running under an expired lease)
+                           └───────────┘ release (handoff, retry) / requeue (lost worker)
+    cancel: validating_files | queued | running ──▶ cancelled
+
+Each change is one conditional UPDATE (`_transition`) that names the state it leaves, so two actors racing
+(a cancel and a claim, two reconcilers, a dead worker and its successor) can never both win: the function
+returns whether it applied, and the caller that lost does nothing. The API, the validator, the supervisor
+and the reconciler all call down into this module; nobody else writes `Job.status`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from models.base import new_id, utcnow
+from models.records import Checkpoint, Job, JobEvent, JobStatus
+
+
+def _transition(session: Session, job_id: str, *conditions: ColumnElement[bool], **values: Any) -> bool:
+    """One conditional UPDATE of the job's row; True if it applied (the row was still as `conditions` say)."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, *conditions).values(**values).execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]  # a CursorResult for UPDATE statements
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    return session.scalars(select(Job).where(Job.id == job_id)).one()
+
+
+def find_job(session: Session, job_id: str) -> Job | None:
+    return session.scalars(select(Job).where(Job.id == job_id)).one_or_none()
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    kind: str = "message",
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(JobEvent(id=new_id("ftevent"), job_id=job_id, message=message, level=level, type=kind, data=data))
+
+
+def _error(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": param}
+
+
+# ---------------------------------------------------------------------------------------------- API
+def create_job(session: Session, job: Job) -> Job:
+    """A new job enters `validating_files`: its files are tokenized before it may be queued."""
+    job.status = JobStatus.validating_files
+    job.enqueued_at = utcnow()
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    add_event(session, job.id, "Validating training file" + (" and validation file" if job.validation_file else ""))
+    return job
+
+
+def cancel_job(session: Session, job_id: str, was: JobStatus) -> bool:
+    """Cancel a job still in `was`; a running one stops at its next step (its supervisor sees the flag)."""
+    cancelled = _transition(
+        session, job_id, Job.status == was,
+        status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow(), estimated_finish=None,
+    )  # fmt: skip
+    if cancelled:
+        note = "; training stops at its next step" if was == JobStatus.running else ""
+        add_event(session, job_id, f"Job cancelled{note}")
+    return cancelled
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def finish_validation(session: Session, job_id: str, *, total_steps: int, estimated_tokens: int) -> bool:
+    """validating_files → queued, with the validation stage's estimate; False if cancelled meanwhile."""
+    return _transition(
+        session, job_id, Job.status == JobStatus.validating_files,
+        status=JobStatus.queued, enqueued_at=utcnow(), total_steps=total_steps, estimated_tokens=estimated_tokens,
+    )  # fmt: skip
+
+
+def fail_validation(session: Session, job_id: str, code: str, message: str, param: str | None = None) -> bool:
+    """validating_files → failed, naming what is wrong; False if cancelled meanwhile."""
+    failed = _transition(
+        session, job_id, Job.status == JobStatus.validating_files,
+        status=JobStatus.failed, finished_at=utcnow(), error=_error(code, message, param),
+    )  # fmt: skip
+    if failed:
+        add_event(session, job_id, f"Validation failed: {message}", level="error")
+    return failed
+
+
+# ---------------------------------------------------------------------------------------------- worker
+def _held_by(worker_id: str) -> tuple[ColumnElement[bool], ...]:
+    return (Job.lease_owner == worker_id, Job.status == JobStatus.running)
+
+
+def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: int) -> Job | None:
+    """Take the job: queued, or running under an expired lease. None if taken, finished or cancelled."""
+    now = utcnow()
+    claimed = _transition(
+        session, job_id,
+        Job.cancel_requested.is_(False),
+        or_(Job.status == JobStatus.queued, and_(Job.status == JobStatus.running, Job.lease_expires_at < now)),
+        status=JobStatus.running, lease_owner=worker_id, lease_expires_at=now + timedelta(seconds=lease_seconds),
+        attempts=Job.attempts + 1, started_at=now, first_started_at=func.coalesce(Job.first_started_at, now),
+    )  # fmt: skip
+    return get_job(session, job_id) if claimed else None
+
+
+def is_held_by(session: Session, job_id: str, worker_id: str) -> bool:
+    """Whether the job is still ours to run: running under our lease and not cancelled."""
+    job = get_job(session, job_id)
+    return not job.cancel_requested and job.status == JobStatus.running and job.lease_owner == worker_id
+
+
+def renew_lease(session: Session, job_id: str, worker_id: str, lease_seconds: int) -> bool:
+    """Extend our lease; False if the job is no longer ours to run (cancelled or re-claimed)."""
+    return _transition(
+        session, job_id, *_held_by(worker_id), lease_expires_at=utcnow() + timedelta(seconds=lease_seconds)
+    )
+
+
+def finish_job(session: Session, job_id: str, worker_id: str, status: JobStatus, **values: Any) -> bool:
+    """Record the outcome, only if the job is still running under our lease (a cancel wins)."""
+    return _transition(
+        session, job_id, *_held_by(worker_id),
+        status=status, finished_at=utcnow(), lease_expires_at=None, estimated_finish=None, tokens_per_second=None,
+        **values,
+    )  # fmt: skip
+
+
+def fail_job(session: Session, job_id: str, worker_id: str, code: str, message: str, **values: Any) -> bool:
+    """running → failed with a reason, if still ours."""
+    failed = finish_job(session, job_id, worker_id, JobStatus.failed, error=_error(code, message), **values)
+    if failed:
+        add_event(session, job_id, f"Job failed: {message}", level="error")
+    return failed
+
+
+def release_job(session: Session, job_id: str, worker_id: str, message: str) -> Job | None:
+    """Give a running job of ours back to the queue (a handoff or a retry); None if it is not ours."""
+    released = _transition(
+        session, job_id, *_held_by(worker_id),
+        status=JobStatus.queued, lease_owner=None, lease_expires_at=None, enqueued_at=utcnow(), tokens_per_second=None,
+    )  # fmt: skip
+    if not released:
+        return None
+    add_event(session, job_id, message, level="warn")
+    return get_job(session, job_id)
+
+
+# ---------------------------------------------------------------------------------------------- reconciler
+def recover_lost_job(
+    session: Session, job_id: str, attempts: int, owner: str | None, max_attempts: int
+) -> JobStatus | None:
+    """A running job whose lease expired (its worker died): back to `queued`, or `failed` once it has used up
+    its attempts. None if someone else repaired it or the worker renewed in time."""
+    now = utcnow()
+    expired = (Job.status == JobStatus.running, Job.lease_expires_at < now)
+    if attempts >= max_attempts:
+        message = (
+            f"The job's worker stopped responding {attempts} time(s) (last: {owner}); "
+            "giving up after the maximum number of attempts."
+        )
+        if not _transition(
+            session, job_id, *expired,
+            status=JobStatus.failed, finished_at=now, lease_expires_at=None, error=_error("worker_lost", message),
+        ):  # fmt: skip
+            return None
+        add_event(session, job_id, message, level="error")
+        return JobStatus.failed
+    if not _transition(
+        session, job_id, *expired, status=JobStatus.queued, lease_owner=None, lease_expires_at=None, enqueued_at=now
+    ):
+        return None
+    add_event(session, job_id, f"Worker {owner} stopped renewing its lease; job re-queued", level="warn")
+    return JobStatus.queued
+
+
+def mark_resent(session: Session, job_id: str, status: JobStatus, enqueued_at: datetime) -> bool:
+    """A job whose broker message was lost is about to be sent again: only one reconciler may do it."""
+    resent = _transition(session, job_id, Job.status == status, Job.enqueued_at == enqueued_at, enqueued_at=utcnow())
+    if resent:
+        add_event(session, job_id, "Job message was missing from the broker; sent again")
+    return resent
+
+
+# ---------------------------------------------------------------------------------------------- progress
+def record_metrics(session: Session, job_id: str, worker_id: str, record: dict[str, Any]) -> None:
+    """A metrics event, and the job's progress figures (steps, tokens, estimated finish)."""
+    step, total = record["step"], record["total_steps"]
+    data = {k: v for k, v in record.items() if k not in ("type", "time")}
+    loss = record.get("train_loss")
+    add_event(session, job_id, f"Step {step}/{total}: training loss={loss:.4f}", kind="metrics", data=data)
+    job = get_job(session, job_id)
+    if job.lease_owner != worker_id:
+        return
+    job.total_steps, job.completed_steps = total, step
+    job.trained_tokens = record.get("tokens_seen")
+    job.tokens_per_second = record.get("tokens_per_second")
+    job.estimated_finish = estimate_finish(job, utcnow())
+
+
+def estimate_finish(job: Job, now: datetime) -> datetime | None:
+    """From the job's progress: the tokens left (against the validation stage's count) at the measured
+    speed; else the steps left at the average time per step so far."""
+    if job.estimated_tokens and job.trained_tokens is not None and job.tokens_per_second:
+        return now + timedelta(seconds=max(job.estimated_tokens - job.trained_tokens, 0) / job.tokens_per_second)
+    if job.started_at and job.completed_steps:
+        left = max((job.total_steps or 0) - job.completed_steps, 0)
+        return now + (now - job.started_at) / job.completed_steps * left
+    return None
+
+
+def record_checkpoint(
+    session: Session,
+    job_id: str,
+    record: dict[str, Any],
+    storage_key: str,
+    attempt: int | None = None,
+    archive: tuple[str, int] | None = None,
+) -> None:
+    step = record["step"]
+    metrics = {k: v for k, v in record.get("metrics", {}).items() if v is not None}
+    sha256, size = archive or (None, None)
+    session.add(
+        Checkpoint(
+            id=new_id("ftckpt"), job_id=job_id, step_number=step, metrics=metrics, storage_key=storage_key,
+            adapter_sha256=sha256, adapter_bytes=size,
+        )
+    )  # fmt: skip
+    add_event(session, job_id, f"Checkpoint created at step {step}", data={"step": step, "attempt": attempt})

@@ -1,0 +1,212 @@
+"""The job state machine on a real SQLite database built by the migrations: each change applies only from the
+state it names, so of two actors racing exactly one wins, and every change leaves its event."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from loraq.migrate import upgrade
+from loraq.settings import Settings
+from models import job_state
+from models.base import utcnow
+from models.job_state import estimate_finish
+from models.records import Job, JobEvent, JobStatus
+from models.session import session_scope
+
+WORKER, OTHER = "node-a:1", "node-b:2"
+
+
+@pytest.fixture
+def db(tmp_path) -> str:
+    settings = Settings(data_dir=tmp_path)
+    upgrade(settings.resolved_database_url)
+    return settings.resolved_database_url
+
+
+def new_job(db: str, job_id: str = "ftjob-state0000000000000000000") -> str:
+    with session_scope(db) as session:
+        job_state.create_job(
+            session, Job(id=job_id, owner="alice", model="m", training_file="file-x", hyperparameters={}, seed=0)
+        )
+    return job_id
+
+
+def status(db: str, job_id: str) -> JobStatus:
+    with session_scope(db) as session:
+        return job_state.get_job(session, job_id).status
+
+
+def messages(db: str, job_id: str) -> list[str]:
+    with session_scope(db) as session:
+        return list(session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+
+
+def queued(db: str) -> str:
+    job_id = new_job(db)
+    with session_scope(db) as session:
+        assert job_state.finish_validation(session, job_id, total_steps=10, estimated_tokens=1000)
+    return job_id
+
+
+def claimed(db: str, worker: str = WORKER, lease_seconds: int = 60) -> str:
+    job_id = queued(db)
+    with session_scope(db) as session:
+        assert job_state.claim_job(session, job_id, worker, lease_seconds) is not None
+    return job_id
+
+
+def test_a_new_job_validates_then_queues_once(db):
+    job_id = new_job(db)
+    assert status(db, job_id) == JobStatus.validating_files
+    assert messages(db, job_id) == [f"Created fine-tuning job: {job_id}", "Validating training file"]
+    with session_scope(db) as session:
+        assert job_state.finish_validation(session, job_id, total_steps=10, estimated_tokens=1000)
+        assert not job_state.finish_validation(session, job_id, total_steps=10, estimated_tokens=1000)
+        assert not job_state.fail_validation(session, job_id, "invalid_training_file", "bad")
+    with session_scope(db) as session:
+        job = job_state.get_job(session, job_id)
+        assert (job.status, job.total_steps, job.estimated_tokens) == (JobStatus.queued, 10, 1000)
+
+
+def test_validation_failure_names_the_reason_and_a_cancel_wins_over_it(db):
+    job_id = new_job(db)
+    with session_scope(db) as session:
+        assert job_state.fail_validation(session, job_id, "invalid_training_file", "2 usable examples", "training_file")
+    with session_scope(db) as session:
+        job = job_state.get_job(session, job_id)
+        assert job.status == JobStatus.failed and job.finished_at is not None
+        assert job.error == {"code": "invalid_training_file", "message": "2 usable examples", "param": "training_file"}
+    assert messages(db, job_id)[-1] == "Validation failed: 2 usable examples"
+
+    other = new_job(db, "ftjob-state1111111111111111111")
+    with session_scope(db) as session:
+        assert job_state.cancel_job(session, other, was=JobStatus.validating_files)
+        assert not job_state.finish_validation(session, other, total_steps=1, estimated_tokens=1)
+        assert not job_state.fail_validation(session, other, "x", "y")
+    assert status(db, other) == JobStatus.cancelled
+
+
+def test_only_one_worker_claims_and_a_cancelled_job_is_never_claimed(db):
+    job_id = queued(db)
+    with session_scope(db) as session:
+        assert job_state.claim_job(session, job_id, WORKER, 60) is not None
+        assert job_state.claim_job(session, job_id, OTHER, 60) is None  # lease still valid
+    with session_scope(db) as session:
+        job = job_state.get_job(session, job_id)
+        assert (job.status, job.lease_owner, job.attempts) == (JobStatus.running, WORKER, 1)
+    other = queued_with_id(db, "ftjob-state2222222222222222222")
+    with session_scope(db) as session:
+        assert job_state.cancel_job(session, other, was=JobStatus.queued)
+        assert job_state.claim_job(session, other, WORKER, 60) is None
+    assert messages(db, other)[-1] == "Job cancelled"
+
+
+def queued_with_id(db: str, job_id: str) -> str:
+    new_job(db, job_id)
+    with session_scope(db) as session:
+        assert job_state.finish_validation(session, job_id, total_steps=1, estimated_tokens=1)
+    return job_id
+
+
+def test_an_expired_lease_is_claimed_again_by_another_worker(db):
+    job_id = claimed(db, lease_seconds=-1)
+    with session_scope(db) as session:
+        assert job_state.claim_job(session, job_id, OTHER, 60) is not None
+        assert not job_state.renew_lease(session, job_id, WORKER, 60)  # the first worker lost it
+        assert not job_state.finish_job(session, job_id, WORKER, JobStatus.succeeded)
+        assert job_state.renew_lease(session, job_id, OTHER, 60)
+    with session_scope(db) as session:
+        assert job_state.get_job(session, job_id).attempts == 2
+
+
+def test_a_cancel_wins_over_the_running_worker(db):
+    job_id = claimed(db)
+    with session_scope(db) as session:
+        assert job_state.cancel_job(session, job_id, was=JobStatus.running)
+        assert not job_state.cancel_job(session, job_id, was=JobStatus.running)
+    with session_scope(db) as session:
+        assert not job_state.is_held_by(session, job_id, WORKER)
+        assert not job_state.renew_lease(session, job_id, WORKER, 60)
+        assert not job_state.fail_job(session, job_id, WORKER, "training_error", "boom")
+        assert job_state.release_job(session, job_id, WORKER, "handing back") is None
+    assert status(db, job_id) == JobStatus.cancelled
+    assert messages(db, job_id)[-1] == "Job cancelled; training stops at its next step"
+
+
+def test_finish_fail_and_release_apply_to_the_lease_holder_only(db):
+    job_id = claimed(db)
+    with session_scope(db) as session:
+        assert job_state.is_held_by(session, job_id, WORKER)
+        assert not job_state.is_held_by(session, job_id, OTHER)
+        assert job_state.release_job(session, job_id, OTHER, "not mine") is None
+        released = job_state.release_job(session, job_id, WORKER, "Worker is shutting down")
+        assert released is not None and released.status == JobStatus.queued and released.lease_owner is None
+    assert messages(db, job_id)[-1] == "Worker is shutting down"
+    with session_scope(db) as session:
+        assert job_state.claim_job(session, job_id, OTHER, 60) is not None
+        assert job_state.fail_job(session, job_id, OTHER, "training_crashed", "killed", completed_steps=3)
+    with session_scope(db) as session:
+        job = job_state.get_job(session, job_id)
+        assert (job.status, job.completed_steps, job.lease_expires_at) == (JobStatus.failed, 3, None)
+        assert job.error == {"code": "training_crashed", "message": "killed", "param": None}
+    assert messages(db, job_id)[-1] == "Job failed: killed"
+
+
+def test_a_lost_job_is_requeued_then_failed_after_its_attempts(db):
+    job_id = claimed(db, lease_seconds=-1)
+    with session_scope(db) as session:
+        assert job_state.recover_lost_job(session, job_id, 1, WORKER, max_attempts=2) == JobStatus.queued
+        assert job_state.recover_lost_job(session, job_id, 1, WORKER, max_attempts=2) is None  # repaired once
+    assert messages(db, job_id)[-1] == f"Worker {WORKER} stopped renewing its lease; job re-queued"
+    with session_scope(db) as session:
+        assert job_state.claim_job(session, job_id, OTHER, -1) is not None
+        assert job_state.recover_lost_job(session, job_id, 2, OTHER, max_attempts=2) == JobStatus.failed
+    with session_scope(db) as session:
+        assert job_state.get_job(session, job_id).error["code"] == "worker_lost"
+
+
+def test_a_live_lease_is_not_recovered(db):
+    job_id = claimed(db)
+    with session_scope(db) as session:
+        assert job_state.recover_lost_job(session, job_id, 1, WORKER, max_attempts=3) is None
+    assert status(db, job_id) == JobStatus.running
+
+
+def test_a_lost_message_is_resent_by_one_reconciler_only(db):
+    job_id = queued(db)
+    with session_scope(db) as session:
+        enqueued_at = job_state.get_job(session, job_id).enqueued_at
+    with session_scope(db) as session:
+        assert job_state.mark_resent(session, job_id, JobStatus.queued, enqueued_at)
+    with session_scope(db) as session:  # a second reconciler that read the same row
+        assert not job_state.mark_resent(session, job_id, JobStatus.queued, enqueued_at)
+    assert messages(db, job_id).count("Job message was missing from the broker; sent again") == 1
+
+
+def test_metrics_update_progress_only_for_the_lease_holder(db):
+    job_id = claimed(db)
+    record = {"type": "metrics", "step": 2, "total_steps": 10, "train_loss": 1.5, "tokens_seen": 200,
+              "tokens_per_second": 100.0}  # fmt: skip
+    with session_scope(db) as session:
+        job_state.record_metrics(session, job_id, OTHER, record)
+    with session_scope(db) as session:
+        assert job_state.get_job(session, job_id).completed_steps == 0
+        job_state.record_metrics(session, job_id, WORKER, record)
+    with session_scope(db) as session:
+        job = job_state.get_job(session, job_id)
+        assert (job.completed_steps, job.trained_tokens, job.estimated_finish is not None) == (2, 200, True)
+    assert messages(db, job_id).count("Step 2/10: training loss=1.5000") == 2  # the events are kept either way
+
+
+def test_estimated_finish_uses_tokens_left_at_the_measured_speed():
+    now = utcnow()
+    job = Job(
+        estimated_tokens=10_000, started_at=now - timedelta(seconds=50), completed_steps=10, total_steps=100,
+        trained_tokens=2_000, tokens_per_second=400.0,
+    )  # fmt: skip
+    assert estimate_finish(job, now) == now + timedelta(seconds=20)
+    job.estimated_tokens = None  # an older job: steps left at the average step time
+    assert estimate_finish(job, now) == now + timedelta(seconds=450)
