@@ -1,6 +1,12 @@
-"""The Celery app. Imported by the API to send job ids, so it must not import torch."""
+"""The Celery app and everything that touches the broker: sending job ids, and reading its queues.
+
+The API imports this module (and nothing else of worker/) to enqueue jobs and to report on the broker, so it
+must not import torch."""
 
 from __future__ import annotations
+
+import base64
+import json
 
 from celery import Celery
 
@@ -42,3 +48,31 @@ def send_validation(job_id: str, queue: str) -> None:
 
 _settings = get_settings()
 celery_app = make_celery(_settings.resolved_broker_url, _settings.queue)
+
+
+def check_broker() -> None:
+    """Raises if the broker cannot be reached within a couple of seconds."""
+    with celery_app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)
+
+
+def queue_depths(queues: set[str]) -> dict[str, int]:
+    """Messages waiting in each Redis queue."""
+    with celery_app.connection_for_read() as connection:
+        client = connection.default_channel.client
+        return {queue: client.llen(queue) for queue in queues}
+
+
+def job_ids_in_queue(queue: str) -> set[str]:
+    """Job ids of the messages waiting in a Redis queue."""
+    with celery_app.connection_for_read() as connection:
+        raw = connection.default_channel.client.lrange(queue, 0, -1)
+    ids = set()
+    for item in raw:
+        try:
+            message = json.loads(item)
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            ids.add(args[0])
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+    return ids

@@ -13,8 +13,6 @@ repair is a conditional update, so any number of reconcilers can run at once:
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import threading
 from datetime import timedelta
@@ -25,24 +23,9 @@ from loraq.settings import Settings
 from models import Job, JobStatus, utcnow
 from models.job_state import mark_resent, recover_lost_job
 from models.session import session_scope
-from worker.celery_app import celery_app, send_job, send_validation
+from worker.celery_app import job_ids_in_queue, send_job, send_validation
 
 logger = logging.getLogger("loraq.reconciler")
-
-
-def job_ids_in_queue(queue: str) -> set[str]:
-    """Job ids of the messages waiting in a Redis queue."""
-    with celery_app.connection_for_read() as connection:
-        raw = connection.default_channel.client.lrange(queue, 0, -1)
-    ids = set()
-    for item in raw:
-        try:
-            message = json.loads(item)
-            args = json.loads(base64.b64decode(message["body"]))[0]
-            ids.add(args[0])
-        except (ValueError, KeyError, IndexError, TypeError):
-            continue
-    return ids
 
 
 class Reconciler:

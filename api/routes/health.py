@@ -9,7 +9,7 @@ from sqlalchemy import text
 
 from api.deps import SettingsDep
 from models.session import get_engine
-from worker.celery_app import celery_app
+from worker.celery_app import check_broker
 
 router = APIRouter(tags=["health"])
 
@@ -29,8 +29,7 @@ def _check(settings) -> dict[str, str]:
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
     try:
-        with celery_app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=2)
+        check_broker()
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"error: {type(exc).__name__}"

@@ -14,7 +14,7 @@ from api.deps import SettingsDep
 from loraq.settings import Settings
 from models import FileRecord, Job, JobStatus
 from models.session import session_scope
-from worker.celery_app import celery_app
+from worker.celery_app import queue_depths
 
 router = APIRouter(tags=["health"])
 
@@ -40,10 +40,8 @@ class LoraqCollector:
         yield jobs
 
         depth = GaugeMetricFamily("loraq_queue_depth", "Job messages waiting in each broker queue", labels=["queue"])
-        with celery_app.connection_for_read() as connection:
-            client = connection.default_channel.client
-            for queue in sorted(queues):
-                depth.add_metric([queue], client.llen(queue))
+        for queue, waiting in sorted(queue_depths(queues).items()):
+            depth.add_metric([queue], waiting)
         yield depth
 
         per_worker = GaugeMetricFamily("loraq_running_jobs", "Jobs running, per worker", labels=["worker"])
