@@ -96,6 +96,9 @@ def _cmd_build_tiny(args) -> int:
     return 0
 
 
+DATA_DIR_HELP = "An embedded deployment's data folder (else LORAQ_* settings)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loraq", description="Self-hosted OpenAI-compatible LoRA fine-tuning")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -148,15 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="Train one adapter from the command line (the seed script's flags)", add_help=False
     )
 
+    # --data-dir is accepted before and after the key command (`keys --data-dir D list`, `keys list --data-dir D`):
+    # on the key commands it is SUPPRESSed when absent, so it does not overwrite a value given before them.
     keys = commands.add_parser("keys", help="Create, list and revoke API keys")
-    keys.add_argument("--data-dir", default=None, help="An embedded deployment's data folder (else LORAQ_* settings)")
+    keys.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument("--data-dir", default=argparse.SUPPRESS, help=DATA_DIR_HELP)
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    create = key_commands.add_parser("create", help="Create a key and print it (shown once)")
+    create = key_commands.add_parser("create", parents=[data_dir], help="Create a key and print it (shown once)")
     create.add_argument("--name", required=True, help="A label for the key")
     create.add_argument("--owner", default=None, help="Owner of the files and jobs made with it (default: the name)")
     create.add_argument("--admin", action="store_true", help="May see every owner's files and jobs")
-    key_commands.add_parser("list", help="List keys (never their secrets)")
-    revoke = key_commands.add_parser("revoke", help="Revoke a key by id (takes effect within 10 seconds)")
+    key_commands.add_parser("list", parents=[data_dir], help="List keys (never their secrets)")
+    revoke = key_commands.add_parser(
+        "revoke", parents=[data_dir], help="Revoke a key by id (takes effect within 10 seconds)"
+    )
     revoke.add_argument("key_id", help="Key id from `loraq keys list`")
     keys.set_defaults(func=_cmd_keys)
 
