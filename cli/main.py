@@ -8,19 +8,19 @@ import sys
 from pathlib import Path
 
 
-def _cmd_up(args) -> int:
+def _cmd_up(args: argparse.Namespace) -> int:
     from cli.embedded import run_embedded
 
     return run_embedded(args.host, args.port, Path(args.data_dir))
 
 
-def _cmd_api(args) -> int:
+def _cmd_api(args: argparse.Namespace) -> int:
     from cli.processes import api_command
 
     os.execv(sys.executable, api_command(args.host, args.port, args.workers))
 
 
-def _cmd_worker(args) -> int:
+def _cmd_worker(args: argparse.Namespace) -> int:
     from cli.processes import thread_environment, worker_command
     from loraq.settings import get_settings
 
@@ -34,14 +34,14 @@ def _cmd_worker(args) -> int:
     os.execv(sys.executable, worker_command(queues, args.name))
 
 
-def _cmd_validator(args) -> int:
+def _cmd_validator(args: argparse.Namespace) -> int:
     from cli.processes import validator_command
     from loraq.settings import get_settings
 
     os.execv(sys.executable, validator_command(get_settings().validation_queue, args.name, args.concurrency))
 
 
-def _cmd_migrate(args) -> int:
+def _cmd_migrate(args: argparse.Namespace) -> int:
     from loraq.migrate import upgrade
     from loraq.settings import get_settings
 
@@ -56,7 +56,7 @@ def _cmd_migrate(args) -> int:
     return 0
 
 
-def _keys_database(args) -> str:
+def _keys_database(args: argparse.Namespace) -> str:
     """The deployment to manage: an embedded data folder, or the LORAQ_* settings."""
     from loraq.migrate import upgrade
     from loraq.settings import Settings
@@ -66,7 +66,7 @@ def _keys_database(args) -> str:
     return settings.resolved_database_url
 
 
-def _cmd_keys(args) -> int:
+def _cmd_keys(args: argparse.Namespace) -> int:
     from models.api_keys import create_key, list_keys, revoke_key
     from models.session import session_scope
 
@@ -88,7 +88,7 @@ def _cmd_keys(args) -> int:
     return 0
 
 
-def _cmd_build_tiny(args) -> int:
+def _cmd_build_tiny(args: argparse.Namespace) -> int:
     from training.tiny_model import write_tiny_model
 
     folder = write_tiny_model(Path(args.dir))
