@@ -188,7 +188,7 @@ def recover_lost_job(
     return JobStatus.queued
 
 
-def mark_resent(session: Session, job_id: str, status: JobStatus, enqueued_at: datetime) -> bool:
+def mark_resent(session: Session, job_id: str, status: JobStatus, enqueued_at: datetime | None) -> bool:
     """A job whose broker message was lost is about to be sent again: only one reconciler may do it."""
     resent = _transition(session, job_id, Job.status == status, Job.enqueued_at == enqueued_at, enqueued_at=utcnow())
     if resent:

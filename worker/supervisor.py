@@ -149,23 +149,22 @@ class JobSupervisor:
         newest = newest_complete(self.paths.checkpoints)
         return str(newest) if newest else None
 
-    def _unreported_checkpoints(self, session: Session) -> list[Path]:
-        """Complete checkpoints on storage with no database record: a worker that died may have completed a
-        checkpoint without recording it; storage is the truth."""
+    def _unreported_checkpoints(self, session: Session) -> list[tuple[int, Path]]:
+        """(step, folder) of the complete checkpoints on storage with no database record: a worker that died
+        may have completed a checkpoint without recording it; storage is the truth."""
         recorded = set(session.scalars(select(Checkpoint.step_number).where(Checkpoint.job_id == self.job_id)))
         folder = self.paths.checkpoints
-        complete = [p for p in folder.iterdir() if is_complete(p)] if folder.is_dir() else []
-        return sorted((p for p in complete if step_of(p) not in recorded), key=step_of)
+        complete = [(step_of(p), p) for p in folder.iterdir() if is_complete(p)] if folder.is_dir() else []
+        return sorted((step, p) for step, p in complete if step is not None and step not in recorded)
 
-    def _record_unreported_checkpoints(self, paths: list[Path], previous_attempt: int) -> None:
+    def _record_unreported_checkpoints(self, checkpoints: list[tuple[int, Path]], previous_attempt: int) -> None:
         """Record them for the attempt that wrote them, archived first, outside any transaction (the job's
         row is not held while adapter files are read)."""
-        if not paths:
+        if not checkpoints:
             return
-        archives = {step_of(p): self._archive_checkpoint(p, step_of(p)) for p in paths}
+        archives = {step: self._archive_checkpoint(path, step) for step, path in checkpoints}
         with session_scope(self.db) as session:
-            for path in paths:
-                step = step_of(path)
+            for step, path in checkpoints:
                 record_checkpoint(
                     session, self.job_id, {"step": step, "metrics": {}}, self.storage.relative(path),
                     attempt=previous_attempt, archive=archives[step],

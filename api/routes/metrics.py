@@ -50,12 +50,12 @@ class LoraqCollector:
         )
         for owner, count, tokens_per_second in running:
             per_worker.add_metric([owner or "unknown"], count)
-            speed.add_metric([owner or "unknown"], float(tokens_per_second))
+            speed.add_metric([owner or "unknown"], float(tokens_per_second or 0.0))
         yield per_worker
         yield speed
 
         uploads = CounterMetricFamily("loraq_upload_bytes", "Bytes of datasets uploaded")
-        uploads.add_metric([], int(upload_bytes))
+        uploads.add_metric([], int(upload_bytes or 0))
         yield uploads
 
 

@@ -44,7 +44,7 @@ def test_next_attempt_records_and_archives_what_storage_holds(tmp_path):
 
     with session_scope(settings.resolved_database_url) as session:
         unreported = supervisor._unreported_checkpoints(session)
-    assert [p.name for p in unreported] == ["checkpoint-20"]
+    assert [(step, p.name) for step, p in unreported] == [(20, "checkpoint-20")]
     supervisor._record_unreported_checkpoints(unreported, previous_attempt=1)
 
     with session_scope(settings.resolved_database_url) as session:
