@@ -6,8 +6,8 @@ autocommit mode (one round trip, no worker thread), and a job's serialised form 
 the database says the row changed: a trigger on `jobs` (migration 0003) sends a NOTIFY on every insert
 or update, delivered at commit, and each API process LISTENs and evicts. While the listening connection
 is down nothing is cached. On SQLite (the embedded mode, one machine) the same Core query runs in a
-worker thread, uncached. The SQL is compiled once from the SQLAlchemy table, so the schema still has a
-single definition.
+worker thread on the one engine, uncached. The SQL is compiled once from the SQLAlchemy table, so the
+schema still has a single definition.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import bindparam, make_url, select
@@ -27,7 +27,7 @@ from api.pagination import page_after, unknown_cursor
 from api.schemas import JobPublic, JobsPublic
 from models import Job, JobStatus
 from models.api_keys import Principal
-from models.session import read_connection
+from models.session import get_engine
 
 logger = logging.getLogger("loraq.api")
 
@@ -167,28 +167,30 @@ class JobReader:
         data = [JobPublic.of(_as_job(row)) for row in rows[:limit]]
         return JobsPublic(data=data, has_more=len(rows) > limit).model_dump_json().encode()
 
-    async def _fetch(self, principal: Principal, name: str, **params: Any) -> list[dict]:
+    async def _fetch(self, principal: Principal, name: str, **params: Any) -> list[dict[str, Any]]:
+        assert self.pool is not None, "PostgreSQL only"
         if not principal.is_admin:
             params["owner"] = principal.owner
         async with self.pool.connection() as connection:
             cursor = await connection.execute(self.sql[(principal.is_admin, name)], params)
-            return await cursor.fetchall()
+            return cast(list[dict[str, Any]], await cursor.fetchall())  # the pool's row factory is dict_row
 
     # ---------------------------------------------------------------- SQLite: Core in a worker thread
     def _job_sync(self, principal: Principal, job_id: str) -> bytes:
-        with read_connection(self.database_url) as connection:
+        with get_engine(self.database_url).connect() as connection:
             row = connection.execute(select(_JOBS).where(Job.id == job_id, visible_to(principal, Job))).first()
         if row is None:
             raise not_found("fine-tuning job", job_id)
-        return JobPublic.of(row).model_dump_json().encode()
+        return JobPublic.of(cast(Job, row)).model_dump_json().encode()  # a Row reads like a Job
 
     def _jobs_sync(self, principal: Principal, after: str | None, limit: int) -> bytes:
-        with read_connection(self.database_url) as connection:
+        with get_engine(self.database_url).connect() as connection:
             rows, has_more = page_after(connection, select(_JOBS).where(visible_to(principal, Job)), Job, after, limit)
-        return JobsPublic(data=[JobPublic.of(j) for j in rows], has_more=has_more).model_dump_json().encode()
+        return JobsPublic(data=[JobPublic.of(cast(Job, j)) for j in rows], has_more=has_more).model_dump_json().encode()
 
 
-def _as_job(row: dict) -> SimpleNamespace:
-    """A raw row with the column types the ORM would give (the status enum)."""
+def _as_job(row: dict[str, Any]) -> Job:
+    """A raw row with the column types the ORM would give (the status enum), read by JobPublic.of like a Job
+    (attribute access only; building a mapped instance per poll would cost more than the query)."""
     row["status"] = JobStatus(row["status"])
-    return SimpleNamespace(**row)
+    return cast(Job, SimpleNamespace(**row))

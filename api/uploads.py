@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -38,7 +39,7 @@ class _PartState:
         self.name: str | None = None
         self.is_file = False
         self.value = bytearray()
-        self.handle = None
+        self.handle: IO[bytes] | None = None
         self.files_seen = 0
 
     # python-multipart callbacks -------------------------------------------------------------
@@ -60,7 +61,7 @@ class _PartState:
         self.name = options.get(b"name", b"").decode("utf-8", "replace")
         filename = options.get(b"filename")
         self.is_file = self.name == "file" and filename is not None
-        if self.is_file:
+        if filename is not None and self.is_file:
             self.files_seen += 1
             if self.files_seen > 1:
                 raise APIError(400, "Send exactly one 'file' part.", param="file", code="invalid_upload")
@@ -78,6 +79,7 @@ class _PartState:
                     413, f"File is larger than the {self.max_bytes}-byte limit.", param="file", code="file_too_large"
                 )
             self.digest.update(chunk)
+            assert self.handle is not None
             self.handle.write(chunk)
         else:
             self.value += chunk
@@ -85,7 +87,7 @@ class _PartState:
                 raise APIError(400, f"Form field '{self.name}' is too long.", param=self.name, code="invalid_upload")
 
     def on_part_end(self):
-        if self.is_file:
+        if self.is_file and self.handle is not None:
             self.handle.close()
             self.handle = None
         elif self.name:
@@ -107,7 +109,7 @@ async def receive_upload(request: Request, staging: Path, max_bytes: int) -> Rec
     if declared and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
         raise APIError(413, f"File is larger than the {max_bytes}-byte limit.", param="file", code="file_too_large")
     state = _PartState(staging, max_bytes)
-    callbacks = {
+    callbacks: Any = {
         name: getattr(state, name)
         for name in (
             "on_part_begin",

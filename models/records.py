@@ -13,7 +13,6 @@ from models.base import Base, UTCDateTime, utcnow
 
 
 class FileStatus(enum.StrEnum):
-    uploaded = "uploaded"
     processed = "processed"
     error = "error"
 

@@ -40,20 +40,6 @@ def get_engine(url: str) -> Engine:
 
 
 @lru_cache
-def get_read_engine(url: str) -> Engine:
-    """A second pool whose connections stay in autocommit mode, for the hot single-statement reads:
-    no BEGIN/ROLLBACK round trips, and no isolation-level switching per checkout."""
-    ensure_sqlite_folder(url)
-    if url.startswith("sqlite"):
-        return get_engine(url)  # SQLite reads are local; one pool keeps the WAL settings in one place
-    return create_engine(url, isolation_level="AUTOCOMMIT", pool_recycle=300, pool_size=20, max_overflow=20)
-
-
-def read_connection(url: str):
-    return get_read_engine(url).connect()
-
-
-@lru_cache
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url), expire_on_commit=False)
 

@@ -69,6 +69,12 @@ class PostgresServer:
         run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "loraq", "loraq")
         return self
 
+    def create_database(self, name: str) -> str:
+        """Another database on this server; returns its URL."""
+        command = [str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "loraq", name]
+        subprocess.run(_as_postgres_user(command), check=True, capture_output=True)
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
     def stop(self) -> None:
         subprocess.run(
             _as_postgres_user([str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]),

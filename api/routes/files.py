@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from api.deps import CurrentOwner, FileDep, SessionDep, SettingsDep, visible_to
+from api.deps import CurrentOwner, FileDep, SessionDep, SettingsDep, after_commit, visible_to
 from api.errors import APIError, error_body
 from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
 from api.pagination import page_after
@@ -85,9 +86,14 @@ async def upload_file(
         status=FileStatus.processed if report.ok else FileStatus.error,
         status_details=None if report.ok else report.summary(),
     )
+    return await run_in_threadpool(_save_upload, session, file_record, record)
+
+
+def _save_upload(session: Session, file_record: FileRecord, idempotency_record) -> FilePublic:
+    """Store the checked upload's record (in a worker thread: the ORM blocks)."""
     session.add(file_record)
     session.flush()
-    if not report.ok:
+    if file_record.status == FileStatus.error:
         # The record is kept (status `error`, visible in GET /v1/files) so the caller can see what was wrong,
         # but the upload itself answers 400 with the line numbers, so no client mistakes it for usable data.
         error = APIError(
@@ -95,13 +101,13 @@ async def upload_file(
             f"Invalid training data in '{file_record.filename}': {file_record.status_details}",
             param="file",
             code="invalid_file_format",
-            extra={"file_id": file_id},
+            extra={"file_id": file_record.id},
         )
-        complete(record, 400, error_body(400, error.message, error.param, error.code, **error.extra))
+        complete(idempotency_record, 400, error_body(400, error.message, error.param, error.code, **error.extra))
         session.commit()
         raise error
     public = FilePublic.of(file_record)
-    complete(record, 200, public.model_dump(mode="json"))
+    complete(idempotency_record, 200, public.model_dump(mode="json"))
     return public
 
 
@@ -148,8 +154,9 @@ def delete_file(record: FileDep, session: SessionDep, settings: SettingsDep):
             code="file_in_use",
         )
     record.deleted = True
-    session.flush()
-    Storage(settings.resolved_storage_root).resolve(record.storage_key).unlink(missing_ok=True)
+    # The bytes go once the deletion is committed: a failed commit leaves the file whole and listed.
+    stored = Storage(settings.resolved_storage_root).resolve(record.storage_key)
+    after_commit(session, lambda: stored.unlink(missing_ok=True))
     return FileDeleted(id=record.id)
 
 

@@ -212,9 +212,8 @@ async def download_checkpoint_adapter(
 ):
     """One checkpoint's adapter (weights, config, tokenizer; no optimizer state) as a .tar.gz, like the
     final adapter: Range, If-Range and ETag. Any job status: a cancelled or failed job's checkpoints count."""
-    checkpoint = session.scalars(
-        select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.job_id == job.id)
-    ).one_or_none()
+    query = select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.job_id == job.id)
+    checkpoint = await run_in_threadpool(lambda: session.scalars(query).one_or_none())
     if checkpoint is None:
         raise not_found("checkpoint", checkpoint_id, param="checkpoint_id")
     if not checkpoint.adapter_sha256:

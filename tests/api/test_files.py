@@ -56,3 +56,35 @@ def test_api_does_not_import_the_training_stack(tmp_path):
         env={"LORAQ_DATA_DIR": str(tmp_path), "PATH": os.environ["PATH"]},
     )
     assert result.stdout.strip() == "[]"
+
+
+def _upload(app_client, owner="alice") -> str:
+    response = app_client.post(
+        "/v1/files", headers=auth(owner), files={"file": ("t.jsonl", LINE.encode())}, data={"purpose": "fine-tune"}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def test_delete_removes_the_stored_bytes(app_client, settings):
+    file_id = _upload(app_client)
+    assert len(_stored(settings)) == 1
+    assert app_client.delete(f"/v1/files/{file_id}", headers=auth("alice")).json()["deleted"] is True
+    assert _stored(settings) == []
+    assert app_client.get(f"/v1/files/{file_id}", headers=auth("alice")).status_code == 404
+
+
+def test_a_delete_whose_commit_fails_keeps_the_file(app_client, settings, monkeypatch):
+    from sqlalchemy.orm import Session
+
+    file_id = _upload(app_client)
+
+    def failing_commit(self):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(Session, "commit", failing_commit)
+    assert app_client.delete(f"/v1/files/{file_id}", headers=auth("alice")).status_code == 500
+    monkeypatch.undo()
+    assert len(_stored(settings)) == 1
+    listed = app_client.get(f"/v1/files/{file_id}/content", headers=auth("alice"))
+    assert listed.status_code == 200 and listed.content == LINE.encode()
