@@ -167,6 +167,17 @@ class JobError(BaseModel):
     param: str | None = None
 
 
+class ValidationProgress(BaseModel):
+    """How far the validator has read one of the job's files."""
+
+    file: Literal["training", "validation"] = Field(description="Which of the job's files is being read")
+    rows_done: int = Field(description="Examples tokenized so far")
+    rows_estimated: int | None = Field(description="Examples the file holds, estimated from the bytes read")
+    bytes_done: int = Field(description="Bytes of the file read so far")
+    bytes_total: int = Field(description="The file's size in bytes")
+    eta_seconds: int | None = Field(description="Seconds left for this file at the speed so far")
+
+
 class JobPublic(BaseModel):
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -191,6 +202,11 @@ class JobPublic(BaseModel):
     total_steps: int | None = None
     completed_steps: int = 0
     estimated_tokens: int | None = None
+    validation_progress: ValidationProgress | None = Field(
+        None,
+        description="While the job is in validating_files: how far its files have been read, refreshed every "
+        "LORAQ_VALIDATION_PROGRESS_SECONDS (10) during a long validation; null otherwise",
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobPublic:
@@ -216,6 +232,7 @@ class JobPublic(BaseModel):
             total_steps=job.total_steps,
             completed_steps=job.completed_steps,
             estimated_tokens=job.estimated_tokens,
+            validation_progress=ValidationProgress(**job.validation_progress) if job.validation_progress else None,
         )
 
 

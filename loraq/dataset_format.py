@@ -124,10 +124,19 @@ def check_file(
 
 def read_numbered_examples(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, example) for every example of a file, raising DatasetFormatError at an invalid line."""
+    for number, _, example in read_placed_examples(path):
+        yield number, example
+
+
+def read_placed_examples(path: str | Path) -> Iterator[tuple[int, int, dict]]:
+    """(line number, bytes read through the end of that line, example): read_numbered_examples with the
+    position in the file, for reporting progress through a large one."""
+    read = 0
     for number, raw in _lines(Path(path)):
+        read += len(raw)
         example = parse_line(number, raw)
         if example is not None:
-            yield number, example
+            yield number, read, example
 
 
 def read_examples(path: str | Path) -> list[dict]:

@@ -30,6 +30,13 @@ class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_epochs: int = Field(3, ge=1, le=1000, description="Passes over the training file")
+    max_steps: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Train exactly this many optimizer steps, overriding n_epochs (the file is repeated or cut "
+        "short as needed; the learning-rate schedule spans these steps); default: n_epochs decides",
+    )
     batch_size: int = Field(1, ge=1, le=1024, description="Examples per device per forward pass")
     learning_rate_multiplier: float = Field(
         1.0, gt=0, le=1000, description="Scales learning_rate (OpenAI's knob; 1.0 keeps it)"

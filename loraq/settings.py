@@ -44,7 +44,12 @@ class Settings(BaseSettings):
     max_active_jobs_per_owner: int = Field(
         20, ge=1, description="Queued plus running jobs one owner may have; more are refused with 429"
     )
-    lease_seconds: int = Field(60, ge=2, description="How long a worker's claim on a job lasts unrenewed")
+    lease_seconds: int = Field(
+        60, ge=2, description="How long a worker's (or a validator's) claim on a job lasts unrenewed"
+    )
+    validation_progress_seconds: float = Field(
+        10, gt=0, description="How often a validator reports its progress through a large file (an event)"
+    )
     max_job_seconds: int | None = Field(
         None, ge=1, description="Server-wide limit on a job's run time (from its first start); none by default"
     )

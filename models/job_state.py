@@ -6,6 +6,11 @@
                            └───────────┘ release (handoff, retry) / requeue (lost worker)
     cancel: validating_files | queued | running ──▶ cancelled
 
+A job in `validating_files` is checked under a lease too (the same two columns, free until it is queued):
+a validator claims it when no live lease is on it, renews while it reads the files, and only the lease
+holder may queue it, fail it or hand it back; a validator that died leaves a lease that expires, and the
+reconciler sends the job to the validators again.
+
 Each change is one conditional UPDATE (`_transition`) that names the state it leaves, so two actors racing
 (a cancel and a claim, two reconcilers, a dead worker and its successor) can never both win: the function
 returns whether it applied, and the caller that lost does nothing. The API, the validator, the supervisor
@@ -73,6 +78,7 @@ def cancel_job(session: Session, job_id: str, was: JobStatus) -> bool:
     cancelled = _transition(
         session, job_id, Job.status == was,
         status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow(), estimated_finish=None,
+        validation_progress=None,
     )  # fmt: skip
     if cancelled:
         note = "; training stops at its next step" if was == JobStatus.running else ""
@@ -81,23 +87,79 @@ def cancel_job(session: Session, job_id: str, was: JobStatus) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- validation
-def finish_validation(session: Session, job_id: str, *, total_steps: int, estimated_tokens: int) -> bool:
-    """validating_files → queued, with the validation stage's estimate; False if cancelled meanwhile."""
+def lease_is_free(now: datetime) -> ColumnElement[bool]:
+    """No live lease on the job: never claimed, released, or its holder stopped renewing before `now`."""
+    return or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+
+
+def _validated_by(validator_id: str) -> tuple[ColumnElement[bool], ...]:
+    return (Job.lease_owner == validator_id, Job.status == JobStatus.validating_files)
+
+
+_LEASE_ENDS = {"lease_owner": None, "lease_expires_at": None, "validation_progress": None}
+
+
+def claim_validation(session: Session, job_id: str, validator_id: str, lease_seconds: int) -> Job | None:
+    """Take a job's files to check: in `validating_files` with no live lease. None if another validator
+    holds it (a second delivery of its message), or it was cancelled or has moved on."""
+    now = utcnow()
+    claimed = _transition(
+        session, job_id, Job.status == JobStatus.validating_files, lease_is_free(now),
+        lease_owner=validator_id, lease_expires_at=now + timedelta(seconds=lease_seconds), validation_progress=None,
+    )  # fmt: skip
+    return get_job(session, job_id) if claimed else None
+
+
+def renew_validation(session: Session, job_id: str, validator_id: str, lease_seconds: int) -> bool:
+    """Extend our validation lease; False once the job is no longer ours to check (cancelled, or claimed by
+    another validator after our lease lapsed)."""
     return _transition(
-        session, job_id, Job.status == JobStatus.validating_files,
+        session, job_id, *_validated_by(validator_id), lease_expires_at=utcnow() + timedelta(seconds=lease_seconds)
+    )
+
+
+def record_validation_progress(
+    session: Session, job_id: str, validator_id: str, progress: dict[str, Any], message: str
+) -> bool:
+    """The job's `validation_progress` and an event with the same figures, only while we hold its lease."""
+    recorded = _transition(session, job_id, *_validated_by(validator_id), validation_progress=progress)
+    if recorded:
+        add_event(session, job_id, message, data=progress)
+    return recorded
+
+
+def finish_validation(
+    session: Session, job_id: str, validator_id: str, *, total_steps: int, estimated_tokens: int
+) -> bool:
+    """validating_files → queued, with the validation stage's estimate; False if cancelled meanwhile or no
+    longer ours."""
+    return _transition(
+        session, job_id, *_validated_by(validator_id),
         status=JobStatus.queued, enqueued_at=utcnow(), total_steps=total_steps, estimated_tokens=estimated_tokens,
+        **_LEASE_ENDS,
     )  # fmt: skip
 
 
-def fail_validation(session: Session, job_id: str, code: str, message: str, param: str | None = None) -> bool:
-    """validating_files → failed, naming what is wrong; False if cancelled meanwhile."""
+def fail_validation(
+    session: Session, job_id: str, validator_id: str, code: str, message: str, param: str | None = None
+) -> bool:
+    """validating_files → failed, naming what is wrong; False if cancelled meanwhile or no longer ours."""
     failed = _transition(
-        session, job_id, Job.status == JobStatus.validating_files,
-        status=JobStatus.failed, finished_at=utcnow(), error=_error(code, message, param),
+        session, job_id, *_validated_by(validator_id),
+        status=JobStatus.failed, finished_at=utcnow(), error=_error(code, message, param), **_LEASE_ENDS,
     )  # fmt: skip
     if failed:
         add_event(session, job_id, f"Validation failed: {message}", level="error")
     return failed
+
+
+def release_validation(session: Session, job_id: str, validator_id: str, message: str) -> bool:
+    """Hand a job we were checking back (the validator is stopping): it stays in `validating_files` with no
+    lease, to be validated again from the start once its message is sent again. False if it is not ours."""
+    released = _transition(session, job_id, *_validated_by(validator_id), enqueued_at=utcnow(), **_LEASE_ENDS)
+    if released:
+        add_event(session, job_id, message, level="warn")
+    return released
 
 
 # ---------------------------------------------------------------------------------------------- worker
@@ -189,8 +251,12 @@ def recover_lost_job(
 
 
 def mark_resent(session: Session, job_id: str, status: JobStatus, enqueued_at: datetime | None) -> bool:
-    """A job whose broker message was lost is about to be sent again: only one reconciler may do it."""
-    resent = _transition(session, job_id, Job.status == status, Job.enqueued_at == enqueued_at, enqueued_at=utcnow())
+    """A job whose broker message was lost is about to be sent again: only one reconciler may do it, and
+    never while a validator holds a live lease on it (its message was consumed because it is being checked)."""
+    now = utcnow()
+    resent = _transition(
+        session, job_id, Job.status == status, Job.enqueued_at == enqueued_at, lease_is_free(now), enqueued_at=now
+    )
     if resent:
         add_event(session, job_id, "Job message was missing from the broker; sent again")
     return resent

@@ -99,13 +99,15 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     estimated_finish: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    # The claim: which worker runs the job and until when, unless it renews.
+    # The claim: which worker runs the job, or which validator checks its files, and until when, unless it renews.
     lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     adapter_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     adapter_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     result_files: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # While a validator reads the job's files: how far it is in the current one (worker.validation); else None.
+    validation_progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     @property
     def fine_tuned_name(self) -> str:

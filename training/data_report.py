@@ -16,11 +16,11 @@ Imports no torch: the validator process only needs a tokenizer.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from loraq.dataset_format import read_numbered_examples
+from loraq.dataset_format import read_placed_examples
 from training.loss_masks import MaskError, supervised_count, tokenize_with_mask
 
 LISTED_LINES = 20  # line numbers listed per finding; the counts are always complete
@@ -31,15 +31,30 @@ def tokenized_lines(
 ) -> Iterator[tuple[int, dict[str, list[int]]]]:
     """(line number, tokens and labels) for every example of a file, as training tokenizes them. Raises
     MaskError naming the file and the line when the template cannot be masked."""
-    for line, example in read_numbered_examples(path):
+    for line, _, tokens in tokenized_placed_lines(path, tokenizer, max_length, train_on_inputs):
+        yield line, tokens
+
+
+def tokenized_placed_lines(
+    path: str | Path, tokenizer, max_length: int | None, train_on_inputs: bool
+) -> Iterator[tuple[int, int, dict[str, list[int]]]]:
+    """tokenized_lines with the bytes of the file read through each example's line, for progress reports."""
+    for line, read, example in read_placed_examples(path):
         try:
-            yield line, tokenize_with_mask(tokenizer, example["messages"], max_length, train_on_inputs)
+            yield line, read, tokenize_with_mask(tokenizer, example["messages"], max_length, train_on_inputs)
         except MaskError as exc:
             raise MaskError(f"{Path(path).name}, line {line}: {exc}") from None
 
 
-def file_report(path: str | Path, tokenizer, max_seq_length: int, train_on_inputs: bool) -> dict[str, Any]:
-    """Token figures of one chat JSONL file. Raises MaskError naming the line when masks cannot be derived."""
+def file_report(
+    path: str | Path,
+    tokenizer,
+    max_seq_length: int,
+    train_on_inputs: bool,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Token figures of one chat JSONL file. Raises MaskError naming the line when masks cannot be derived.
+    `progress(examples, bytes read)` is called after each example; an exception it raises ends the report."""
     examples = tokens = supervised = trained_tokens = usable = longest = 0
     long = {"count": 0, "lines": [], "action": f"truncated to {max_seq_length} tokens"}
     skipped = {
@@ -47,9 +62,11 @@ def file_report(path: str | Path, tokenizer, max_seq_length: int, train_on_input
         "lines": [],
         "action": "skipped: no assistant tokens to learn from (no reply with weight 1, or all cut by truncation)",
     }
-    for line, full in tokenized_lines(path, tokenizer, None, train_on_inputs):
+    for line, read, full in tokenized_placed_lines(path, tokenizer, None, train_on_inputs):
         length = len(full["input_ids"])
         examples += 1
+        if progress is not None:
+            progress(examples, read)
         tokens += length
         supervised += supervised_count(full["labels"])
         longest = max(longest, length)
@@ -79,14 +96,24 @@ def _note(finding: dict[str, Any], line: int) -> None:
         finding["lines"].append(line)
 
 
-def training_estimate(report: dict[str, Any], batch_size: int, gradient_accumulation_steps: int, epochs: int) -> dict:
-    """Optimizer steps and tokens the job will train on (one step is batch_size x accumulation examples)."""
+def training_estimate(
+    report: dict[str, Any],
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    epochs: int,
+    max_steps: int | None = None,
+) -> dict:
+    """Optimizer steps and tokens the job will train on (one step is batch_size x accumulation examples).
+    With `max_steps` the run is that many steps whatever the epochs (the trainer's own rule), and its tokens
+    are those steps' share of an epoch's (exact at whole epochs; the examples of a partial epoch vary)."""
     per_step = batch_size * gradient_accumulation_steps
-    return {
-        "estimated_steps": math.ceil(report["usable_examples"] / per_step) * epochs,
-        "estimated_tokens": report["trained_tokens_per_epoch"] * epochs,
-        "examples_per_step": per_step,
-    }
+    steps_per_epoch = math.ceil(report["usable_examples"] / per_step)
+    if max_steps is None:
+        steps, tokens = steps_per_epoch * epochs, report["trained_tokens_per_epoch"] * epochs
+    else:
+        steps = max_steps
+        tokens = round(report["trained_tokens_per_epoch"] * max_steps / steps_per_epoch) if steps_per_epoch else 0
+    return {"estimated_steps": steps, "estimated_tokens": tokens, "examples_per_step": per_step}
 
 
 def describe(report: dict[str, Any], role: str) -> str:

@@ -106,6 +106,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         packing=False,
         padding_free=True,
         num_train_epochs=hp.n_epochs,
+        max_steps=hp.max_steps or -1,  # -1: the epochs decide
         per_device_train_batch_size=hp.batch_size * hp.gradient_accumulation_steps,  # one optimizer step
         per_device_eval_batch_size=hp.batch_size,
         gradient_accumulation_steps=1,

@@ -7,8 +7,10 @@ repair is a conditional update, so any number of reconcilers can run at once:
   fails once it has used up its attempts;
 - a `queued` job that has waited longer than `requeue_after_seconds` and whose message is not in the
   broker's queue (the broker was down at submit time, or Redis restarted without its data) is sent again;
-  so is a job in `validating_files` whose validation message is lost (a validator that dies mid-way
-  leaves it to be validated again: every outcome of a validation is a conditional update).
+  so is a job in `validating_files` whose validation message is lost. A job a validator is checking is
+  never sent again while the validator's lease lives (its message was consumed because it is being
+  checked); a validator that dies mid-file stops renewing, and once its lease has expired the job is sent
+  again and validated from the start by another.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from sqlalchemy import select
 
 from loraq.settings import Settings
 from models import Job, JobStatus, utcnow
-from models.job_state import mark_resent, recover_lost_job
+from models.job_state import lease_is_free, mark_resent, recover_lost_job
 from models.session import session_scope
 from worker.celery_app import job_ids_in_queue, send_job, send_validation
 
@@ -67,7 +69,9 @@ class Reconciler:
         cutoff = now - timedelta(seconds=self.settings.requeue_after_seconds)
         with session_scope(self.db) as session:
             stale = session.execute(
-                select(Job.id, Job.queue, Job.enqueued_at).where(Job.status == status, Job.enqueued_at < cutoff)
+                select(Job.id, Job.queue, Job.enqueued_at).where(
+                    Job.status == status, Job.enqueued_at < cutoff, lease_is_free(now)
+                )
             ).all()
         waiting: dict[str, set[str]] = {}
         resent = []

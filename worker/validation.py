@@ -1,82 +1,135 @@
-"""The `validating_files` stage: a new job's files tokenized with its base model's tokenizer, before any
-GPU is spent on it.
+"""The `validating_files` stage: a new job's files tokenized with its base model's tokenizer, and its
+`target_modules` checked against the base model's module tree, before any GPU is spent on it.
 
-Run by `loraq validator` (a light Celery worker on the validation queue: tokenizers only, no GPU, so a
-validation never waits behind a training run). The job goes on to `queued` with its estimated steps and
-tokens, or to `failed` with a reason naming the file and the lines; each file's token report is kept on
-the file record (GET /v1/files/{id}). A job cancelled meanwhile stays cancelled: every transition is
-conditional on the job still being in `validating_files`.
+Run by `loraq validator` (a light Celery worker on the validation queue: tokenizers and a weightless model
+tree only, no GPU, so a validation never waits behind a training run). The validator claims the job under
+a lease (worker.validation_lease: renewed by a heartbeat thread, which also reports progress through a
+large file), so a job is never checked by two validators at once and a validator that dies mid-file is
+replaced once its lease expires. The job goes on to `queued` with its estimated steps and tokens, or to
+`failed` with a reason naming the file and the lines; each file's token report is kept on the file record
+(GET /v1/files/{id}). A job cancelled meanwhile stays cancelled (every outcome is conditional on the job
+still being in `validating_files` under our lease) and the validation stops within seconds; a validator
+asked to stop hands the job back, to be validated again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
+from celery.signals import worker_shutting_down
 from sqlalchemy import select
 
 from loraq.base_models import find_model
 from loraq.job_spec import Hyperparameters
 from loraq.settings import BaseModelEntry, Settings, get_settings
 from loraq.storage import Storage
-from models import FileRecord, Job, JobStatus
-from models.job_state import add_event, fail_validation, find_job, finish_validation
+from models import FileRecord, Job
+from models.job_state import (
+    add_event,
+    claim_validation,
+    fail_validation,
+    finish_validation,
+    release_validation,
+)
 from models.session import session_scope
 from training.data_report import describe, file_report, plural, training_estimate
 from training.loss_masks import MASK_REMEDY, MaskError
-from worker.celery_app import VALIDATE_JOB_TASK, celery_app, send_job
+from worker.celery_app import VALIDATE_JOB_TASK, celery_app, send_job, send_validation
 from worker.errors import ValidationFailure
 from worker.job_config import job_file_paths
+from worker.supervisor import worker_identity
+from worker.validation_lease import STOPPING, ValidationLease, ValidationStopped
 
 logger = logging.getLogger("loraq.validator")
 
 _tokenizers: dict[str, Any] = {}
-_tokenizers_lock = threading.Lock()
+_module_trees: dict[tuple[str, bool], Any] = {}
+_models_lock = threading.Lock()
+
+
+def _model_path(entry: BaseModelEntry, settings: Settings) -> str:
+    from training.tiny_model import model_source
+
+    return model_source(entry.source, settings.model_cache_dir)
 
 
 def load_tokenizer(entry: BaseModelEntry, settings: Settings):
     """The base model's tokenizer, loaded exactly as training loads it (hub id, local folder, or the built-in
     model's generated folder), cached per process."""
-    with _tokenizers_lock:
+    with _models_lock:
         if entry.source not in _tokenizers:
             from transformers import AutoTokenizer
 
-            from training.tiny_model import model_source
-
-            source = model_source(entry.source, settings.model_cache_dir)
+            source = _model_path(entry, settings)
             _tokenizers[entry.source] = AutoTokenizer.from_pretrained(source, trust_remote_code=entry.trust_remote_code)
         return _tokenizers[entry.source]
 
 
-@celery_app.task(name=VALIDATE_JOB_TASK)
-def validate_job_task(job_id: str) -> str:
-    return validate_job(job_id, get_settings())
+def load_module_tree(entry: BaseModelEntry, settings: Settings):
+    """The base model's module names (training.target_modules: from its config, built on the meta device),
+    cached per process."""
+    key = (entry.source, entry.trust_remote_code)
+    with _models_lock:
+        if key not in _module_trees:
+            from training.target_modules import module_tree
+
+            _module_trees[key] = module_tree(_model_path(entry, settings), entry.trust_remote_code)
+        return _module_trees[key]
 
 
-def validate_job(job_id: str, settings: Settings) -> str:
-    """Tokenize the job's files and move it to `queued` or `failed`; returns the outcome."""
+@celery_app.task(name=VALIDATE_JOB_TASK, bind=True)
+def validate_job_task(self, job_id: str) -> str:
+    return validate_job(job_id, get_settings(), node=self.request.hostname)
+
+
+@worker_shutting_down.connect
+def _stop_validating(**_kwargs) -> None:
+    # A warm shutdown waits for running tasks: the validations in progress stop at their next example.
+    STOPPING.set()
+
+
+def validator_identity(node: str | None = None) -> str:
+    """`<celery node>:<pid>/<thread>`: which validator (one of a process's threads) holds a job's lease."""
+    return f"{worker_identity(node)}/{threading.current_thread().name}"
+
+
+def validate_job(job_id: str, settings: Settings, node: str | None = None) -> str:
+    """Check the job's files and settings and move it to `queued` or `failed`; returns the outcome."""
+    if STOPPING.is_set():  # reached a validator that is shutting down: pass it on untouched
+        send_validation(job_id, settings.validation_queue)
+        return "passed on"
     url = settings.resolved_database_url
+    validator = validator_identity(node)
     with session_scope(url) as session:
-        job = find_job(session, job_id)
-        if job is None or job.status != JobStatus.validating_files:
+        job = claim_validation(session, job_id, validator, settings.lease_seconds)
+        if job is None:  # another validator holds it (a second delivery), or it was cancelled or moved on
             return "skipped"
+        claimed = {"validator": validator, "pid": os.getpid()}
+        add_event(session, job_id, f"Files checked by validator {validator}", data=claimed)
         files = job_file_paths(job, Storage(settings.resolved_storage_root), session)
         file_ids = dict(_roles(job))
         paths = {role: files[file_id] for role, file_id in file_ids.items()}
         hp = Hyperparameters.model_validate(job.hyperparameters)
         model, queue = job.model, job.queue
     try:
-        reports, estimate = _check(settings, model, paths, hp)
+        with ValidationLease(settings, job_id, validator) as lease:
+            reports, estimate = _check(settings, model, paths, hp, lease)
+    except ValidationStopped as stopped:
+        return _stopped(settings, job_id, validator, stopped.reason)
     except ValidationFailure as failure:
-        return _fail(url, job_id, failure)
+        return _fail(url, job_id, validator, failure)
     except Exception as exc:  # our own crash still ends the stage, with a reason
         logger.exception("validation of %s crashed", job_id)
-        return _fail(url, job_id, ValidationFailure(f"{type(exc).__name__}: {exc}"[:2000]))
+        return _fail(url, job_id, validator, ValidationFailure(f"{type(exc).__name__}: {exc}"[:2000]))
     with session_scope(url) as session:
         queued = finish_validation(
-            session, job_id, total_steps=estimate["estimated_steps"], estimated_tokens=estimate["estimated_tokens"]
-        )
+            session, job_id, validator,
+            total_steps=estimate["estimated_steps"], estimated_tokens=estimate["estimated_tokens"],
+        )  # fmt: skip
         if not queued:
             return "skipped"
         for role, report in reports.items():
@@ -90,11 +143,11 @@ def validate_job(job_id: str, settings: Settings) -> str:
                 f"optimizer step ({estimate['examples_per_step']}): every step trains on all of them",
                 level="warn",
             )  # fmt: skip
+        length = f"max_steps {hp.max_steps}" if hp.max_steps else plural(hp.n_epochs, "epoch")
         add_event(
             session, job_id,
             f"Files validated: {plural(estimate['estimated_steps'], 'step')} and {estimate['estimated_tokens']} "
-            f"tokens to train on ({plural(estimate['examples_per_step'], 'example')} per step, "
-            f"{plural(hp.n_epochs, 'epoch')})",
+            f"tokens to train on ({plural(estimate['examples_per_step'], 'example')} per step, {length})",
             data=estimate,
         )  # fmt: skip
         add_event(session, job_id, "Job queued")
@@ -102,12 +155,31 @@ def validate_job(job_id: str, settings: Settings) -> str:
     return "queued"
 
 
-def _check(settings: Settings, model: str, paths: dict, hp: Hyperparameters) -> tuple[dict, dict]:
+def _stopped(settings: Settings, job_id: str, validator: str, reason: str) -> str:
+    """Nothing more for a job no longer ours; a validator stopping hands its job back and sends it again."""
+    logger.info("job %s: validation stopped (%s)", job_id, reason)
+    if reason != "stopping":
+        return "cancelled"
+    message = "Validation interrupted (validator stopping); it will be validated again"
+    with session_scope(settings.resolved_database_url) as session:
+        if not release_validation(session, job_id, validator, message):
+            return "cancelled"
+    try:
+        send_validation(job_id, settings.validation_queue)
+    except Exception:  # the broker is down too: the reconciler sends it again
+        logger.warning("job %s: handed back, but the broker refused its message", job_id)
+    return "handed back"
+
+
+def _check(
+    settings: Settings, model: str, paths: dict[str, Path], hp: Hyperparameters, lease: ValidationLease
+) -> tuple[dict, dict]:
     entry = find_model(settings, model)
     if entry is None:
         raise ValidationFailure(
             f"Base model '{model}' is no longer offered by this server", code="model_not_found", param="model"
         )
+    _check_target_modules(settings, entry, model, hp.target_modules)
     try:
         tokenizer = load_tokenizer(entry, settings)
     except Exception as exc:
@@ -119,7 +191,8 @@ def _check(settings: Settings, model: str, paths: dict, hp: Hyperparameters) -> 
     reports = {}
     for role, path in paths.items():
         try:
-            reports[role] = file_report(path, tokenizer, hp.max_seq_length, hp.train_on_inputs)
+            progress = lease.reading(role, path)
+            reports[role] = file_report(path, tokenizer, hp.max_seq_length, hp.train_on_inputs, progress)
         except MaskError as exc:
             raise ValidationFailure(
                 f"Cannot train on assistant tokens only with the chat template of '{model}': {role} file, {exc}. "
@@ -144,12 +217,36 @@ def _check(settings: Settings, model: str, paths: dict, hp: Hyperparameters) -> 
             code="invalid_validation_file",
             param="validation_file",
         )
-    return reports, training_estimate(train, hp.batch_size, hp.gradient_accumulation_steps, hp.n_epochs)
+    estimate = training_estimate(train, hp.batch_size, hp.gradient_accumulation_steps, hp.n_epochs, hp.max_steps)
+    return reports, estimate
 
 
-def _fail(url: str, job_id: str, failure: ValidationFailure) -> str:
+def _check_target_modules(settings: Settings, entry: BaseModelEntry, model: str, targets: list[str]) -> None:
+    """Every entry of `target_modules` names a layer LoRA can adapt on this model, else the job fails naming
+    each bad entry and listing the good names."""
+    from training.target_modules import target_module_problems
+
+    try:
+        tree = load_module_tree(entry, settings)
+    except Exception as exc:
+        raise ValidationFailure(
+            f"The configuration of base model '{model}' could not be loaded: {exc}"[:2000],
+            code="model_unavailable",
+            param="model",
+        ) from None
+    problems = target_module_problems(targets, tree)
+    if problems:
+        raise ValidationFailure(
+            f"target_modules for base model '{model}': {'; '.join(problems)}. The Linear layers LoRA can adapt "
+            f"in this model: {', '.join(tree.linear_leaf_names)}.",
+            code="invalid_hyperparameters",
+            param="hyperparameters.target_modules",
+        )
+
+
+def _fail(url: str, job_id: str, validator: str, failure: ValidationFailure) -> str:
     with session_scope(url) as session:
-        moved = fail_validation(session, job_id, failure.code, failure.message, failure.param)
+        moved = fail_validation(session, job_id, validator, failure.code, failure.message, failure.param)
     return "failed" if moved else "skipped"
 
 

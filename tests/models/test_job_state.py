@@ -17,6 +17,7 @@ from models.records import Job, JobEvent, JobStatus
 from models.session import session_scope
 
 WORKER, OTHER = "node-a:1", "node-b:2"
+VALIDATOR, OTHER_VALIDATOR = "validator@a:3/t0", "validator@b:4/t0"
 
 
 @pytest.fixture
@@ -44,10 +45,18 @@ def messages(db: str, job_id: str) -> list[str]:
         return list(session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
 
 
-def queued(db: str) -> str:
-    job_id = new_job(db)
+def validating(db: str, job_id: str = "ftjob-state0000000000000000000", lease_seconds: int = 60) -> str:
+    """A new job whose files VALIDATOR is checking."""
+    new_job(db, job_id)
     with session_scope(db) as session:
-        assert job_state.finish_validation(session, job_id, total_steps=10, estimated_tokens=1000)
+        assert job_state.claim_validation(session, job_id, VALIDATOR, lease_seconds) is not None
+    return job_id
+
+
+def queued(db: str) -> str:
+    job_id = validating(db)
+    with session_scope(db) as session:
+        assert job_state.finish_validation(session, job_id, VALIDATOR, total_steps=10, estimated_tokens=1000)
     return job_id
 
 
@@ -63,30 +72,92 @@ def test_a_new_job_validates_then_queues_once(db):
     assert status(db, job_id) == JobStatus.validating_files
     assert messages(db, job_id) == [f"Created fine-tuning job: {job_id}", "Validating training file"]
     with session_scope(db) as session:
-        assert job_state.finish_validation(session, job_id, total_steps=10, estimated_tokens=1000)
-        assert not job_state.finish_validation(session, job_id, total_steps=10, estimated_tokens=1000)
-        assert not job_state.fail_validation(session, job_id, "invalid_training_file", "bad")
+        assert not job_state.finish_validation(session, job_id, VALIDATOR, total_steps=10, estimated_tokens=1000)
+        assert job_state.claim_validation(session, job_id, VALIDATOR, 60) is not None
+        assert job_state.finish_validation(session, job_id, VALIDATOR, total_steps=10, estimated_tokens=1000)
+        assert not job_state.finish_validation(session, job_id, VALIDATOR, total_steps=10, estimated_tokens=1000)
+        assert not job_state.fail_validation(session, job_id, VALIDATOR, "invalid_training_file", "bad")
     with session_scope(db) as session:
         job = job_state.get_job(session, job_id)
         assert (job.status, job.total_steps, job.estimated_tokens) == (JobStatus.queued, 10, 1000)
+        assert (job.lease_owner, job.lease_expires_at, job.validation_progress) == (None, None, None)
 
 
 def test_validation_failure_names_the_reason_and_a_cancel_wins_over_it(db):
-    job_id = new_job(db)
+    job_id = validating(db)
     with session_scope(db) as session:
-        assert job_state.fail_validation(session, job_id, "invalid_training_file", "2 usable examples", "training_file")
+        assert job_state.fail_validation(
+            session, job_id, VALIDATOR, "invalid_training_file", "2 usable examples", "training_file"
+        )
     with session_scope(db) as session:
         job = job_state.get_job(session, job_id)
         assert job.status == JobStatus.failed and job.finished_at is not None
         assert job.error == {"code": "invalid_training_file", "message": "2 usable examples", "param": "training_file"}
     assert messages(db, job_id)[-1] == "Validation failed: 2 usable examples"
 
-    other = new_job(db, "ftjob-state1111111111111111111")
+    other = validating(db, "ftjob-state1111111111111111111")
     with session_scope(db) as session:
         assert job_state.cancel_job(session, other, was=JobStatus.validating_files)
-        assert not job_state.finish_validation(session, other, total_steps=1, estimated_tokens=1)
-        assert not job_state.fail_validation(session, other, "x", "y")
+        assert not job_state.finish_validation(session, other, VALIDATOR, total_steps=1, estimated_tokens=1)
+        assert not job_state.fail_validation(session, other, VALIDATOR, "x", "y")
     assert status(db, other) == JobStatus.cancelled
+
+
+def test_one_validator_at_a_time_and_only_the_lease_holder_decides(db):
+    job_id = validating(db)
+    with session_scope(db) as session:
+        assert job_state.claim_validation(session, job_id, OTHER_VALIDATOR, 60) is None  # a second delivery
+        assert job_state.claim_validation(session, job_id, VALIDATOR, 60) is None  # even the holder's own
+        assert not job_state.renew_validation(session, job_id, OTHER_VALIDATOR, 60)
+        assert not job_state.finish_validation(session, job_id, OTHER_VALIDATOR, total_steps=1, estimated_tokens=1)
+        assert not job_state.fail_validation(session, job_id, OTHER_VALIDATOR, "x", "y")
+        assert not job_state.release_validation(session, job_id, OTHER_VALIDATOR, "not mine")
+        assert job_state.renew_validation(session, job_id, VALIDATOR, 60)
+    with session_scope(db) as session:
+        job = job_state.get_job(session, job_id)
+        assert (job.status, job.lease_owner) == (JobStatus.validating_files, VALIDATOR)
+
+
+def test_a_dead_validators_expired_lease_passes_to_another(db):
+    job_id = validating(db, lease_seconds=-1)  # the validator was killed: its lease lapsed
+    with session_scope(db) as session:
+        assert job_state.claim_validation(session, job_id, OTHER_VALIDATOR, 60) is not None
+        assert not job_state.renew_validation(session, job_id, VALIDATOR, 60)  # the first one, if it wakes up
+        assert not job_state.finish_validation(session, job_id, VALIDATOR, total_steps=1, estimated_tokens=1)
+        assert job_state.finish_validation(session, job_id, OTHER_VALIDATOR, total_steps=1, estimated_tokens=1)
+    assert status(db, job_id) == JobStatus.queued
+
+
+def test_progress_is_recorded_under_the_lease_and_cleared_when_validation_ends(db):
+    job_id = validating(db)
+    figures = {"file": "training", "rows_done": 10, "rows_estimated": 100, "bytes_done": 1, "bytes_total": 10,
+               "eta_seconds": 9}  # fmt: skip
+    with session_scope(db) as session:
+        assert not job_state.record_validation_progress(session, job_id, OTHER_VALIDATOR, figures, "not mine")
+        assert job_state.record_validation_progress(session, job_id, VALIDATOR, figures, "Validating: 10 rows")
+    with session_scope(db) as session:
+        assert job_state.get_job(session, job_id).validation_progress == figures
+        assert job_state.cancel_job(session, job_id, was=JobStatus.validating_files)
+        assert not job_state.record_validation_progress(session, job_id, VALIDATOR, figures, "too late")
+        assert not job_state.renew_validation(session, job_id, VALIDATOR, 60)  # how the validator learns of it
+    with session_scope(db) as session:
+        assert job_state.get_job(session, job_id).validation_progress is None
+    assert messages(db, job_id)[-2:] == ["Validating: 10 rows", "Job cancelled"]
+
+
+def test_a_stopping_validator_hands_the_job_back_for_another(db):
+    job_id = validating(db)
+    with session_scope(db) as session:
+        before = job_state.get_job(session, job_id).enqueued_at
+        assert job_state.record_validation_progress(session, job_id, VALIDATOR, {"rows_done": 1}, "Validating")
+        assert job_state.release_validation(session, job_id, VALIDATOR, "Validation interrupted")
+        assert not job_state.release_validation(session, job_id, VALIDATOR, "twice")
+    with session_scope(db) as session:
+        job = job_state.get_job(session, job_id)
+        assert (job.status, job.lease_owner, job.lease_expires_at) == (JobStatus.validating_files, None, None)
+        assert job.validation_progress is None and job.enqueued_at > before
+        assert job_state.claim_validation(session, job_id, OTHER_VALIDATOR, 60) is not None
+    assert messages(db, job_id)[-1] == "Validation interrupted"
 
 
 def test_only_one_worker_claims_and_a_cancelled_job_is_never_claimed(db):
@@ -105,9 +176,9 @@ def test_only_one_worker_claims_and_a_cancelled_job_is_never_claimed(db):
 
 
 def queued_with_id(db: str, job_id: str) -> str:
-    new_job(db, job_id)
+    validating(db, job_id)
     with session_scope(db) as session:
-        assert job_state.finish_validation(session, job_id, total_steps=1, estimated_tokens=1)
+        assert job_state.finish_validation(session, job_id, VALIDATOR, total_steps=1, estimated_tokens=1)
     return job_id
 
 
@@ -184,6 +255,17 @@ def test_a_lost_message_is_resent_by_one_reconciler_only(db):
     with session_scope(db) as session:  # a second reconciler that read the same row
         assert not job_state.mark_resent(session, job_id, JobStatus.queued, enqueued_at)
     assert messages(db, job_id).count("Job message was missing from the broker; sent again") == 1
+
+
+def test_a_job_being_validated_is_not_resent_until_its_lease_expires(db):
+    job_id = validating(db)
+    with session_scope(db) as session:
+        enqueued_at = job_state.get_job(session, job_id).enqueued_at
+        assert not job_state.mark_resent(session, job_id, JobStatus.validating_files, enqueued_at)
+    other = validating(db, "ftjob-state3333333333333333333", lease_seconds=-1)  # its validator died
+    with session_scope(db) as session:
+        enqueued_at = job_state.get_job(session, other).enqueued_at
+        assert job_state.mark_resent(session, other, JobStatus.validating_files, enqueued_at)
 
 
 def test_metrics_update_progress_only_for_the_lease_holder(db):
