@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from loraq.dataset_format import DatasetFormatError, check_file, read_examples
+from loraq.dataset_format import DatasetFormatError, check_file, read_examples, read_placed_examples
 
 GOOD = {
     "messages": [
@@ -28,6 +28,15 @@ def test_valid_file_counts_examples_and_skips_blank_lines(tmp_path):
     report = check_file(path)
     assert report.ok and report.examples == 2
     assert len(read_examples(path)) == 2
+
+
+def test_placed_examples_carry_the_bytes_read_through_their_line(tmp_path):
+    line = (json.dumps(GOOD) + "\n").encode()
+    path = write(tmp_path, line + b"\n" + line)  # a blank line 2 between them
+    assert [(number, read) for number, read, _ in read_placed_examples(path)] == [
+        (1, len(line)),
+        (3, 2 * len(line) + 1),  # the last one ends at the file's size
+    ]
 
 
 def test_reports_first_errors_with_line_numbers_and_counts_the_rest(tmp_path):

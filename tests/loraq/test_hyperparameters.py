@@ -25,3 +25,10 @@ def test_multiplier_scales_learning_rate_and_auto_means_default():
 def test_unknown_field_is_an_error():
     with pytest.raises(ValidationError, match="lora_rank"):
         Hyperparameters(lora_rank=8)
+
+
+def test_max_steps_is_unset_by_default_and_at_least_one():
+    assert Hyperparameters().max_steps is None  # the epochs decide
+    assert Hyperparameters(max_steps=5).max_steps == 5
+    with pytest.raises(ValidationError, match="max_steps"):
+        Hyperparameters(max_steps=0)

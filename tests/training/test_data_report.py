@@ -66,6 +66,41 @@ def test_estimate_is_steps_of_one_optimizer_batch(tmp_path, tokenizer):
     }
 
 
+def test_estimate_with_max_steps_is_that_many_steps_whatever_the_epochs():
+    report = {"usable_examples": 10, "trained_tokens_per_epoch": 1000}
+    # 3 steps per epoch: 6 steps are two epochs; 2 steps are two thirds of one.
+    assert training_estimate(report, 1, 4, epochs=1, max_steps=6)["estimated_steps"] == 6
+    assert training_estimate(report, 1, 4, epochs=1, max_steps=6)["estimated_tokens"] == 2000
+    assert training_estimate(report, 1, 4, epochs=3, max_steps=2) == {
+        "estimated_steps": 2,
+        "estimated_tokens": 667,
+        "examples_per_step": 4,
+    }
+
+
+def test_progress_reports_rows_and_bytes_without_changing_the_figures(tmp_path, tokenizer):
+    path = tmp_path / "t.jsonl"
+    write_jsonl(path, chat_rows())
+    with path.open("a") as handle:
+        handle.write("\n")  # a trailing blank line: read, but no example
+    seen = []
+    report = file_report(path, tokenizer, 2048, False, progress=lambda rows, read: seen.append((rows, read)))
+    assert report == file_report(path, tokenizer, 2048, False)
+    assert [rows for rows, _ in seen] == list(range(1, len(chat_rows()) + 1))
+    reads = [read for _, read in seen]
+    assert reads == sorted(reads) and reads[-1] == path.stat().st_size - 1
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_three(rows: int, _read: int) -> None:
+        if rows == 3:
+            raise Stop
+
+    with pytest.raises(Stop):  # how a validator stops mid-file (cancelled, or shutting down)
+        file_report(path, tokenizer, 2048, False, progress=stop_at_three)
+
+
 def test_a_template_that_cannot_be_masked_names_the_line(tmp_path, tokenizer):
     tokenizer = build_tiny_tokenizer()
     tokenizer.chat_template = "{{ messages[-1]['role'] + ': ' + messages[-1]['content'] }}"
