@@ -30,7 +30,8 @@ logger = logging.getLogger("loraq.validator")
 # at its next example and hands the job back (Celery waits for running tasks before the process exits).
 STOPPING = threading.Event()
 
-# The heartbeat's period at most (lease_seconds / 3 when that is shorter): a cancel is seen within it.
+# The heartbeat's period at most (lease_seconds / 3 or validation_progress_seconds when shorter): a cancel
+# is seen within it.
 CHECK_SECONDS = 2.0
 
 
@@ -79,8 +80,8 @@ class ValidationLease:
         self.db = settings.resolved_database_url
         self.job_id, self.validator_id = job_id, validator_id
         self.lease_seconds = settings.lease_seconds
-        self.period = min(settings.lease_seconds / 3, CHECK_SECONDS)
         self.report_every = settings.validation_progress_seconds
+        self.period = min(settings.lease_seconds / 3, CHECK_SECONDS, self.report_every)
         self.lost = threading.Event()
         self._done = threading.Event()
         self._file: FileProgress | None = None

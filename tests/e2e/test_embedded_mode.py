@@ -35,8 +35,8 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
-def _start_up(tmp_path, port):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAQ_")}
+def _start_up(tmp_path, port, **settings: str):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAQ_")} | settings
     process = subprocess.Popen(
         [sys.executable, "-m", "cli", "up", "--port", str(port), "--data-dir", str(tmp_path / "data")],
         env=env,
@@ -91,6 +91,37 @@ def test_up_generates_a_key_and_ctrl_c_stops_everything_keeping_the_job(tmp_path
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_ctrl_c_while_a_large_file_is_validated_stops_within_seconds(tmp_path):
+    """The validator stops mid-file and hands the job back (to be validated at the next start), rather than
+    keeping `loraq up` waiting until the file is read."""
+    port = free_port()
+    process, key = _start_up(tmp_path, port, LORAQ_VALIDATION_PROGRESS_SECONDS="0.5")
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"})
+        rows = chat_rows() * 5000  # 40,000 examples: most of a minute to validate on this machine
+        job_id = create_job(client, upload_ok(client, rows), hyperparameters={"n_epochs": 1}).json()["id"]
+        deadline = time.monotonic() + 60
+        while not [e for e in events(client, job_id) if e["message"].startswith("Validating training file:")]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        stopping = time.monotonic()
+        _ctrl_c(process)
+        assert time.monotonic() - stopping < 15
+    finally:
+        if process.poll() is None:
+            process.kill()
+    from sqlalchemy import select
+
+    from models.records import Job, JobEvent, JobStatus
+    from models.session import session_scope
+
+    with session_scope(f"sqlite:///{tmp_path / 'data' / 'loraq.db'}") as session:  # the API is gone
+        job = session.scalars(select(Job).where(Job.id == job_id)).one()
+        assert (job.status, job.lease_owner) == (JobStatus.validating_files, None)
+        messages = session.scalars(select(JobEvent.message).where(JobEvent.job_id == job_id)).all()
+    assert "Validation interrupted (validator stopping); it will be validated again" in messages
 
 
 def test_operator_listed_local_model_trains(client):

@@ -82,3 +82,20 @@ def test_a_template_that_cannot_be_masked_fails_validation_and_train_on_inputs_w
         client, file_id, model=UNMASKABLE_MODEL, hyperparameters={"n_epochs": 1, "train_on_inputs": True}
     ).json()
     assert wait_for(client, retry["id"])["status"] == "succeeded"
+
+
+def test_target_modules_mistakes_fail_validation_naming_each_and_listing_the_valid_ones(client):
+    """Before any worker loads the model: the names are checked against its module tree (built without
+    weights), the way PEFT matches them."""
+    file_id = upload_ok(client, chat_rows()[:2])
+    targets = ["q_proj", "nonexistent_proj", "lm_head", "self_attn.v_proj"]
+    job = create_job(client, file_id, hyperparameters={"n_epochs": 1, "target_modules": targets}).json()
+    failed = wait_for(client, job["id"], timeout=60)
+    assert failed["status"] == "failed", failed
+    error = failed["error"]
+    assert (error["code"], error["param"]) == ("invalid_hyperparameters", "hyperparameters.target_modules")
+    assert "'nonexistent_proj' matches no module" in error["message"]
+    assert "'lm_head' is the model's LM head" in error["message"]
+    assert "q_proj'" not in error["message"] and "v_proj'" not in error["message"]  # the good ones pass
+    assert error["message"].endswith("down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj.")
+    assert not [e for e in events(client, job["id"]) if "Training started" in e["message"]]
