@@ -109,7 +109,7 @@ def validate_job(job_id: str, settings: Settings, node: str | None = None) -> st
         if job is None:  # another validator holds it (a second delivery), or it was cancelled or moved on
             return "skipped"
         claimed = {"validator": validator, "pid": os.getpid()}
-        add_event(session, job_id, f"Files checked by validator {validator}", data=claimed)
+        add_event(session, job_id, f"Validator {validator} is checking the files", data=claimed)
         files = job_file_paths(job, Storage(settings.resolved_storage_root), session)
         file_ids = dict(_roles(job))
         paths = {role: files[file_id] for role, file_id in file_ids.items()}

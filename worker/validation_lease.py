@@ -112,7 +112,9 @@ class ValidationLease:
         reported = time.monotonic()
         while not self._done.wait(self.period):
             file = self._file
-            report = file is not None and file.position[1] > 0 and time.monotonic() - reported >= self.report_every
+            # Reported at the last beat before the interval would pass, so no gap is longer than the interval.
+            due = time.monotonic() - reported >= self.report_every - self.period
+            report = due and file is not None and file.position[1] > 0
             try:
                 with session_scope(self.db) as session:
                     ours = renew_validation(session, self.job_id, self.validator_id, self.lease_seconds)

@@ -52,7 +52,7 @@ def progress_events(history: list[dict]) -> list[dict]:
 
 
 def claims(history: list[dict]) -> list[dict]:
-    return [e for e in history if e["message"].startswith("Files checked by validator")]
+    return [e for e in history if e["message"].endswith("is checking the files")]
 
 
 def first_progress(stack, client, job_id: str) -> tuple[str, int]:
