@@ -22,7 +22,6 @@ import traceback
 from pathlib import Path
 
 import torch
-from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from trl import SFTConfig
@@ -30,7 +29,7 @@ from trl import SFTConfig
 from loraq.storage import sha256_of, staged_directory
 from training.attention import pick_attention_implementation
 from training.config import TrainingConfig
-from training.data_report import tokenized_lines
+from training.dataset import load_examples
 from training.hardware import (
     HardwareError,
     fused_kernels_available,
@@ -38,7 +37,7 @@ from training.hardware import (
     quantization_config,
     use_gradient_checkpointing,
 )
-from training.loss_masks import MASK_REMEDY, MaskError, supervised_count
+from training.loss_masks import MASK_REMEDY, MaskError
 from training.packing import PackedSFTTrainer, token_budget
 from training.progress import ProgressCallback, ProgressWriter
 from training.results import write_samples, write_step_metrics
@@ -53,14 +52,6 @@ logger = logging.getLogger("loraq.training")
 def resolve_base_model(config: TrainingConfig) -> str:
     """The built-in tiny model is generated on first use; anything else is a hub id or a local folder."""
     return model_source(config.base_model, config.model_cache_dir or Path.home() / ".cache" / "loraq")
-
-
-def load_examples(path: str, tokenizer, hp) -> Dataset:
-    """Chat rows tokenized with their labels: assistant replies only (see training.loss_masks) unless
-    `train_on_inputs`, truncated to `max_seq_length`; rows left with no supervised token are skipped, as
-    the validation report (training.data_report) says."""
-    rows = tokenized_lines(path, tokenizer, hp.max_seq_length, hp.train_on_inputs)
-    return Dataset.from_list([row for _, row in rows if supervised_count(row["labels"])])  # else skipped
 
 
 def load_model(config: TrainingConfig, model_path: str, precision: dict):
