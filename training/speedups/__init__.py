@@ -23,6 +23,9 @@ of bench/seed_vs_loraq.py (the tiny model; README, "Performance"):
 - hub_kernels: transformers' Hub kernels (`use_kernels`, the `kernels` package); no kernel applies to these
   models on a CPU, so no effect measured there.
 
+All together against none, on that CPU: 2.47x against 1.82x the seed recipe's tokens per second
+(`bench/seed_vs_loraq.py --examples 8 --epochs 1 --repeats 1 --speedups none all`: one short round, noisy).
+
 None is yet measured on a GPU (bench/gpu.sh takes `--speedups`). So `auto`, the default, enables all of
 them on a CPU (where the figures above come from) and none on CUDA, where each is opt-in
 (TrainingConfig.speedups; LORAQ_TRAINING_SPEEDUPS on a worker, --speedups on the command line).
