@@ -2,6 +2,7 @@
 
     python bench/seed_vs_loraq.py [--examples 96] [--epochs 3] [--repeats 3]
                                   [--shape tiny|qwen2.5-0.5b|qwen2.5-7b] [--tokens N]
+                                  [--speedups auto none all scored_rows,packed_sdpa ...]
 
 All run the seed's default flags on the same model and a generated chat dataset (long system and user
 prompts, short replies, like most SFT data): the built-in tiny model by default, or a random-initialised
@@ -10,9 +11,12 @@ tokens processed and over supervised tokens (the seed recipe supervises every to
 loraq only the replies), training wall time, peak memory (max RSS of the training process; on a GPU also
 peak GPU memory and model FLOPs utilisation, counting LoRA training as 4 x parameters x tokens), and, on
 the tiny model, the loss on the assistant tokens of a held-out file, since that is what both adapters
-are for. Timings on a shared machine drift from one minute to the next, so the recipes run in `--repeats`
-rounds, one after another within each round; the table shows medians, and the speed ratio is the median
-of the rounds' ratios (each recipe against the seed recipe of the same round).
+are for. `--speedups` runs loraq once per setting of its speed tricks (training.speedups: `auto`, the
+default, is all of them on a CPU and none on CUDA; `none`, `all`, or comma-separated names), so each
+trick's gain can be read off against `none`. Timings on a shared machine drift from one minute to the
+next, so the recipes run in `--repeats` rounds, one after another within each round; the table shows
+medians, and the speed ratio is the median of the rounds' ratios (each recipe against the seed recipe of
+the same round).
 """
 
 from __future__ import annotations
@@ -210,6 +214,13 @@ def main() -> int:
     parser.add_argument("--shape", choices=["tiny", *QWEN25_SHAPES], default="tiny", help="Model to train")
     parser.add_argument("--tokens", type=int, default=None, help="Grow conversations to about this many tokens")
     parser.add_argument("--repeats", type=int, default=3, help="Rounds of all recipes; medians are reported")
+    parser.add_argument(
+        "--speedups",
+        nargs="+",
+        default=["auto"],
+        help="loraq's speedups settings, one recipe each (the first also with checkpointing on): auto, none, "
+        "all, or comma-separated names (training.speedups)",
+    )
     parser.add_argument("--bare-pass", nargs=2, metavar=("MODEL", "JSONL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_pass:
@@ -236,7 +247,7 @@ def main() -> int:
     # The seed's defaults for everything else: lr 1e-4, batch 1 x grad-accum 4, max length 2048, r 16, ...
 
     counts = token_counts(tokenizer, rows)
-    rounds = [run_round(flags, folder, counts, args.epochs, number) for number in range(args.repeats)]
+    rounds = [run_round(flags, folder, counts, args.epochs, number, args.speedups) for number in range(args.repeats)]
     results = {name: median_result([r[name] for r in rounds]) for name in rounds[0]}
     for r in results.values():
         r["loss"] = held_out_loss(base, r["adapter"], held_out_rows) if held_out_rows else None
@@ -251,10 +262,20 @@ def main() -> int:
     return 0
 
 
-def run_round(flags: list[str], folder: Path, counts: dict, epochs: int, number: int) -> dict:
-    """One run of each recipe, one after the other: the seed recipe, loraq as it runs by default
-    (activation checkpointing only when memory needs it), and loraq with checkpointing forced on, the seed
-    recipe's memory-saving setting under TRL 1.x."""
+def loraq_recipes(speedups: list[str]) -> list[tuple[str, list[str]]]:
+    """(name, extra flags) of each loraq run: one per speedups setting, with activation checkpointing only
+    when memory needs it, and the first setting again with checkpointing forced on, the seed recipe's
+    memory-saving setting under TRL 1.x."""
+    recipes = []
+    for setting in speedups:
+        name = "loraq train" if setting == "auto" else f"loraq train, speedups {setting}"
+        recipes.append((name, [] if setting == "auto" else ["--speedups", setting]))
+    first_name, first_flags = recipes[0]
+    return [*recipes, (f"{first_name}, checkpointing on", [*first_flags, "--gradient_checkpointing", "true"])]
+
+
+def run_round(flags: list[str], folder: Path, counts: dict, epochs: int, number: int, speedups: list[str]) -> dict:
+    """One run of each recipe, one after the other: the seed recipe, then loraq's (loraq_recipes)."""
     seed_dir = folder / f"seed-{number}"
     seed_wall, seed_rss, seed_log = run(
         [sys.executable, "bench/seed_recipe.py", *flags, "--output_dir", str(seed_dir)], seed_dir.with_suffix(".log")
@@ -266,8 +287,8 @@ def run_round(flags: list[str], folder: Path, counts: dict, epochs: int, number:
             "gpu": _found(r"peak_device_memory_mib=(\d+)", seed_log), "adapter": seed_dir,
         }
     }  # fmt: skip
-    for name, extra in (("loraq train", []), ("loraq train, checkpointing on", ["--gradient_checkpointing", "true"])):
-        out = folder / f"{name.replace(' ', '_').replace(',', '')}-{number}"
+    for name, extra in loraq_recipes(speedups):
+        out = folder / f"{re.sub(r'[^A-Za-z0-9_]+', '_', name)}-{number}"
         wall, rss, _ = run(
             [sys.executable, "-m", "cli", "train", *flags, *extra, "--output_dir", str(out)],
             out.with_suffix(".log"),
@@ -323,8 +344,9 @@ def print_results(args, results: dict, flop_params: int | None, bare_rate: float
         print(f"| reference: bare PEFT forward+backward, one conversation per pass | {bare_rate:.0f} | | | | | | | |")
     print()
     seed = results["seed recipe"]
-    for name in ("loraq train", "loraq train, checkpointing on"):
-        r = results[name]
+    for name, r in results.items():
+        if name == "seed recipe":
+            continue
         each = ", ".join(f"{ratio:.2f}x" for ratio in r["ratios"])
         ratio = statistics.median(r["ratios"])  # paired within each round, so drift between rounds cancels
         line = f"{name} / seed recipe: {ratio:.2f}x tokens per second (rounds: {each})"

@@ -147,8 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--revision", default="head", help="Target revision")
     migrate.set_defaults(func=_cmd_migrate)
 
-    commands.add_parser(
-        "train", help="Train one adapter from the command line (the seed script's flags)", add_help=False
+    commands.add_parser(  # parsed by the training program itself (training.run), see main()
+        "train",
+        help="Train one adapter from the command line (the seed script's flags; see `loraq train --help`)",
+        add_help=False,
     )
 
     # --data-dir is accepted before and after the key command (`keys --data-dir D list`, `keys list --data-dir D`):
@@ -179,10 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["train"]:
-        from training.seed_cli import main as train_main
+    if argv[:1] == ["train"]:  # the training program's own command line, flags generated from its config
+        from training.run import main as train_main
 
-        return train_main(argv[1:])
+        return train_main(argv[1:], prog="loraq train")
     args = build_parser().parse_args(argv)
     return args.func(args) or 0
 

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         10, ge=0, description="How long an API process trusts a verified key (a revocation takes this long)"
     )
     bootstrap_api_key: str | None = Field(None, description="API key created at start-up (embedded mode)")
+    training_speedups: str = Field(
+        "auto",
+        description="Workers' training speed tricks (training.speedups): auto (all on a CPU, none on a GPU until "
+        "measured there), all, none, or comma-separated names such as scored_rows,packed_sdpa",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Settings:

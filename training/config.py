@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from loraq.job_spec import Hyperparameters
+from training.speedups import SpeedupsSetting, parse_speedups
 
 
 class TrainingConfig(BaseModel):
@@ -31,4 +32,15 @@ class TrainingConfig(BaseModel):
         None, gt=0, description="Stop training after this long and save the adapter learned so far"
     )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    speedups: SpeedupsSetting = Field(
+        "auto",
+        description="Speed tricks to install (training.speedups: fused_lora, supervised_head, scored_rows, "
+        "packed_sdpa, train_mode_once, hub_kernels): auto (all on a CPU, none on CUDA until measured on a GPU), "
+        "all, none, or names",
+    )
     extra_metadata: dict[str, Any] = Field(default_factory=dict, description="Copied into loraq.json")
+
+    @field_validator("speedups", mode="before")
+    @classmethod
+    def _speedup_names(cls, value: Any) -> Any:
+        return parse_speedups(value)

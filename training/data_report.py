@@ -1,7 +1,7 @@
 """What a file holds for one base model: its examples and tokens as that model's tokenizer sees them.
 
-Computed before a job is queued (the `validating_files` stage), with the same tokenization and loss masks
-as training (training.loss_masks), so the figures are the ones training will see:
+Computed before a job is queued (the `validating_files` stage), with the loader training uses
+(training.dataset: the same tokenization and loss masks), so the figures are the ones training will see:
 
 - examples, tokens, supervised tokens (the ones the loss covers);
 - examples longer than `max_seq_length`: they are truncated to it (the tail, and any supervised tokens
@@ -16,34 +16,14 @@ Imports no torch: the validator process only needs a tokenizer.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loraq.dataset_format import read_placed_examples
-from training.loss_masks import MaskError, supervised_count, tokenize_with_mask
+from training.dataset import tokenized_placed_lines
+from training.loss_masks import supervised_count
 
 LISTED_LINES = 20  # line numbers listed per finding; the counts are always complete
-
-
-def tokenized_lines(
-    path: str | Path, tokenizer, max_length: int | None, train_on_inputs: bool
-) -> Iterator[tuple[int, dict[str, list[int]]]]:
-    """(line number, tokens and labels) for every example of a file, as training tokenizes them. Raises
-    MaskError naming the file and the line when the template cannot be masked."""
-    for line, _, tokens in tokenized_placed_lines(path, tokenizer, max_length, train_on_inputs):
-        yield line, tokens
-
-
-def tokenized_placed_lines(
-    path: str | Path, tokenizer, max_length: int | None, train_on_inputs: bool
-) -> Iterator[tuple[int, int, dict[str, list[int]]]]:
-    """tokenized_lines with the bytes of the file read through each example's line, for progress reports."""
-    for line, read, example in read_placed_examples(path):
-        try:
-            yield line, read, tokenize_with_mask(tokenizer, example["messages"], max_length, train_on_inputs)
-        except MaskError as exc:
-            raise MaskError(f"{Path(path).name}, line {line}: {exc}") from None
 
 
 def file_report(

@@ -1,12 +1,12 @@
-"""What the worker's hardware decides: precision, 4-bit base weights, fused kernels, activation checkpointing.
+"""What the worker's hardware decides: precision, attention, 4-bit base weights, activation checkpointing.
 
 - Precision: bf16 on a GPU that has it, fp16 on an older GPU, float32 on a CPU.
+- Attention for padding-free batches: FlashAttention 2 on a GPU that has the `flash-attn` package, which
+  reads the examples' boundaries natively; transformers' SDPA everywhere else, which keeps each example to
+  itself with a block-diagonal mask derived from the position ids (the `packed_sdpa` speedup runs it per
+  example instead, training.speedups).
 - 4-bit base weights (QLoRA, NF4 through bitsandbytes) only on CUDA; anywhere else the job fails with a
   reason instead of quietly training something else.
-- Fused kernels: on CUDA, with the `kernels` package installed and LORAQ_FUSED_KERNELS=1, the model loads
-  with `use_kernels=True` (transformers' Hub kernels, e.g. RMSNorm and RoPE, from the local Hub cache;
-  a kernel that cannot load falls back to the plain layer). TRL already computes the loss through a
-  chunked fused LM head, so the full logits are never materialised.
 - Activation checkpointing trades a second forward pass for memory. TRL 1.x turns it on by default; loraq
   turns it on only when the estimated activations of the largest micro-batch would take more than half of
   the memory left after loading the model (or when the job asks for it).
@@ -65,13 +65,11 @@ def quantization_config(load_in_4bit: bool, dtype: torch.dtype):
     )
 
 
-def fused_kernels_available() -> bool:
-    """Opt-in (LORAQ_FUSED_KERNELS=1 on the worker): not yet measured on a GPU here."""
-    return (
-        torch.cuda.is_available()
-        and os.environ.get("LORAQ_FUSED_KERNELS", "0") == "1"
-        and (importlib.util.find_spec("kernels") is not None)
-    )
+def pick_attention_implementation(cuda: bool) -> str:
+    """FlashAttention 2 on a GPU that has the package; transformers' SDPA everywhere else."""
+    if cuda and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def activation_bytes(model_config, tokens: int, dtype: torch.dtype) -> int:

@@ -4,7 +4,7 @@ The seed recipe's optimizer step is `batch_size x gradient_accumulation_steps` e
 one padded batch of `batch_size`. loraq keeps the step (same examples per step, same loss: the sum over
 supervised tokens divided by the step's supervised-token count) but feeds it differently: the step's
 examples are concatenated without padding (TRL's padding-free collator; attention stays inside each
-example, see training.attention) and cut, at example boundaries, into micro-batches of at most
+example: FlashAttention 2 or SDPA, see training.hardware) and cut, at example boundaries, into micro-batches of at most
 `token_budget` tokens. The budget is what one padded forward pass of the unpacked recipe holds at its
 largest (`batch_size` times the longest example), so activation memory does not grow, while short
 examples share a forward pass instead of each paying for one.
@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from trl import SFTTrainer
-
-from training.fused_lora import fuse_lora_layers
-from training.scored_rows import LastLayerAtScoredRows
-from training.shadowing import shadowed
-from training.supervised_head import score_supervised_positions_only
 
 ROW_KEYS = ("input_ids", "labels", "position_ids", "seq_idx", "shift_labels")
 SPAN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k")
@@ -72,38 +69,30 @@ class PackedSFTTrainer(SFTTrainer):
     """SFTTrainer whose training step is one optimizer step's examples, run as token-budgeted micro-batches.
 
     `num_items_in_batch` (the step's supervised tokens) normalises every micro-batch's loss, so the
-    gradients add up to exactly the step's token-mean loss, as with gradient accumulation. On a CPU, each
-    LoRA projection runs as one autograd function with its dropout drawn by dropped position
-    (training.fused_lora); everywhere, the LM head scores only supervised positions
-    (training.supervised_head) and the last layer runs only there but for its keys and values
-    (training.scored_rows): same results, less time and memory.
+    gradients add up to exactly the step's token-mean loss, as with gradient accumulation. Speed tricks
+    (training.speedups) that act per step set `around_step` (entered once per optimizer step) and
+    `around_micro_batch` (around each micro-batch's forward and backward passes); by default both do nothing.
     """
 
     def __init__(self, *args, token_budget: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.token_budget = token_budget
-        if self.args.device.type == "cpu":
-            fuse_lora_layers(self.model)
-        score_supervised_positions_only()
-        self.last_layer = LastLayerAtScoredRows(self.model)
+        self.around_step: Callable[[torch.nn.Module], AbstractContextManager] = _nothing
+        self.around_micro_batch: Callable[[dict[str, Any]], AbstractContextManager] = _nothing
+        self.speedups: frozenset[str] = frozenset()  # those applied (training.speedups.apply_speedups)
+        self.last_layer: Any = None  # the scored_rows speedup's LastLayerAtScoredRows, when applied
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         packed = "cu_seq_lens_q" in inputs
         micro_batches = split_packed_batch(inputs, self.token_budget) if packed else [inputs]
         total = None
-        with _train_mode_set_once(model):
+        with self.around_step(model):
             for micro_batch in micro_batches:
-                with self.last_layer.during(micro_batch):  # its forward and backward passes
+                with self.around_micro_batch(micro_batch):
                     loss = super().training_step(model, micro_batch, num_items_in_batch)
                 total = loss if total is None else total + loss
         return total
 
 
-@contextlib.contextmanager
-def _train_mode_set_once(model: torch.nn.Module):
-    """Trainer.training_step calls `model.train()` for every micro-batch, walking every module of the model
-    (a few per cent of a step on small models); within one optimizer step nothing leaves training mode, so
-    it is done once here and is a no-op until the step's micro-batches are done."""
-    model.train()
-    with shadowed(model, "train", lambda mode=True: model):
-        yield
+def _nothing(_: Any) -> AbstractContextManager:
+    return contextlib.nullcontext()

@@ -1,272 +1,43 @@
-"""Run one LoRA SFT job: parse config -> load data -> build trainer -> train -> save.
+"""The training program: one LoRA SFT run, from a config file or from the command line's flags.
 
-    python -m training.run --config job.json
+    python -m training.run --config job.json                  # what the worker runs
+    python -m training.run --train_path train.jsonl --output_dir out [--base_model ...]   # = `loraq train`
 
-This is the seed document's script done right on TRL 1.x / transformers 5.x: the loss covers assistant
-tokens (and their end-of-turn token) of any chat template unless `train_on_inputs`, batches carry no
-padding and attention stays inside each example, activation checkpointing only when memory needs it,
-bf16 only on a GPU that has it, no paged optimizer, and the adapter folder is written under a temporary
-name and renamed into place with a `loraq.json` beside the weights.
+Parse the flags (generated from the config models, training.flags) -> train (training.sft) -> report.
 """
 
 from __future__ import annotations
 
-import argparse
-import errno
-import json
 import logging
-import platform
 import sys
-import time
 import traceback
-from pathlib import Path
 
-import torch
-from datasets import Dataset
-from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-from trl import SFTConfig
-
-from loraq.storage import sha256_of, staged_directory
-from training.attention import pick_attention_implementation
-from training.config import TrainingConfig
-from training.data_report import tokenized_lines
-from training.hardware import (
-    HardwareError,
-    fused_kernels_available,
-    pick_precision,
-    quantization_config,
-    use_gradient_checkpointing,
-)
-from training.loss_masks import MASK_REMEDY, MaskError, supervised_count
-from training.packing import PackedSFTTrainer, token_budget
-from training.progress import ProgressCallback, ProgressWriter
-from training.results import write_samples, write_step_metrics
-from training.tiny_model import model_source
-
-logger = logging.getLogger("loraq.training")
+from training.flags import build_parser, config_from_args
 
 
-# --------------------------------------------------------------------------- model and data
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    config = config_from_args(parser, args)
+    from training.progress import ProgressWriter  # torch loads once the flags are good
+    from training.sft import describe_failure, train
 
-
-def resolve_base_model(config: TrainingConfig) -> str:
-    """The built-in tiny model is generated on first use; anything else is a hub id or a local folder."""
-    return model_source(config.base_model, config.model_cache_dir or Path.home() / ".cache" / "loraq")
-
-
-def load_examples(path: str, tokenizer, hp) -> Dataset:
-    """Chat rows tokenized with their labels: assistant replies only (see training.loss_masks) unless
-    `train_on_inputs`, truncated to `max_seq_length`; rows left with no supervised token are skipped, as
-    the validation report (training.data_report) says."""
-    rows = tokenized_lines(path, tokenizer, hp.max_seq_length, hp.train_on_inputs)
-    return Dataset.from_list([row for _, row in rows if supervised_count(row["labels"])])  # else skipped
-
-
-def load_model(config: TrainingConfig, model_path: str, precision: dict):
-    """The base model on this worker's hardware: dtype, attention for packed rows, 4-bit weights if asked,
-    fused kernels where installed (and loadable offline)."""
-    kwargs = {
-        "dtype": precision["dtype"],
-        "trust_remote_code": config.trust_remote_code,
-        "attn_implementation": pick_attention_implementation(torch.cuda.is_available()),
-    }
-    quantization = quantization_config(config.hyperparameters.load_in_4bit, precision["dtype"])
-    if quantization is not None:
-        kwargs["quantization_config"] = quantization
-    if fused_kernels_available():
-        try:
-            return AutoModelForCausalLM.from_pretrained(model_path, use_kernels=True, **kwargs)
-        except Exception as exc:  # a kernel missing from the local Hub cache must not fail the job
-            logger.warning("fused kernels unavailable (%s); training without them", exc)
-    return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
-
-
-# --------------------------------------------------------------------------- trainer
-
-
-def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCallback) -> PackedSFTTrainer:
-    hp = config.hyperparameters
-    precision = pick_precision()
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
-    model = load_model(config, model_path, precision)
-    # Every row is tokenized here with its labels (assistant-only masks for any template), so TRL gets
-    # finished examples; its padding-free collator concatenates each optimizer step's examples and
-    # PackedSFTTrainer cuts them into micro-batches of at most `budget` tokens (training.packing).
-    train_ds = load_examples(config.train_path, tokenizer, hp)
-    eval_ds = load_examples(config.eval_path, tokenizer, hp) if config.eval_path else None
-    budget = token_budget([len(ids) for ids in train_ds["input_ids"]], hp.batch_size)
-    checkpointing = use_gradient_checkpointing(hp.gradient_checkpointing, model, budget, precision["dtype"])
-    args = SFTConfig(
-        output_dir=config.checkpoint_dir,
-        max_length=None,  # truncated to max_seq_length while tokenizing
-        packing=False,
-        padding_free=True,
-        num_train_epochs=hp.n_epochs,
-        max_steps=hp.max_steps or -1,  # -1: the epochs decide
-        per_device_train_batch_size=hp.batch_size * hp.gradient_accumulation_steps,  # one optimizer step
-        per_device_eval_batch_size=hp.batch_size,
-        gradient_accumulation_steps=1,
-        activation_checkpointing=checkpointing,
-        learning_rate=hp.effective_learning_rate,
-        lr_scheduler_type=hp.lr_scheduler_type,
-        warmup_steps=hp.warmup_ratio,  # a float below 1 is a ratio of the total steps in transformers 5
-        optim=precision["optim"],
-        bf16=precision["bf16"],
-        fp16=precision["fp16"],
-        save_strategy="steps",
-        save_steps=hp.save_steps,
-        eval_strategy="steps" if eval_ds is not None else "no",
-        eval_steps=hp.save_steps,
-        logging_steps=hp.logging_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
-    peft_config = LoraConfig(
-        r=hp.lora_r,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
-        bias="none",
-        task_type="CAUSAL_LM",
-        target_modules=hp.target_modules,
-    )
-    trainer = PackedSFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=[callback],
-        token_budget=budget,
-    )
-    trainer.remove_callback(PrinterCallback)  # our ProgressCallback reports the same, readably
-    return trainer
-
-
-# --------------------------------------------------------------------------- save
-
-
-def library_versions() -> dict:
-    import datasets
-    import peft
-    import transformers
-    import trl
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "trl": trl.__version__,
-        "datasets": datasets.__version__,
-    }
-
-
-def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dict) -> Path:
-    """Write adapter, tokenizer, chat template and loraq.json to a temporary folder, then rename it."""
-    final = Path(config.output_dir)
-    # `loraq train --output_dir` keeps the seed's layout (checkpoints beside the adapter), so an existing
-    # folder is updated file by file; the worker's adapter folder is new and appears in one rename.
-    with staged_directory(final, merge_into_existing=True) as staging:
-        trainer.model.save_pretrained(staging)
-        trainer.processing_class.save_pretrained(staging)
-        record = {
-            "config": json.loads(config.model_dump_json()),
-            "datasets": {
-                "train_sha256": sha256_of(config.train_path),
-                "eval_sha256": sha256_of(config.eval_path) if config.eval_path else None,
-            },
-            "versions": library_versions(),
-            "metrics": summary,
-        }
-        (staging / "loraq.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-    return final
-
-
-# --------------------------------------------------------------------------- main
-
-
-def train(config: TrainingConfig) -> dict:
-    """Train and save; returns the outcome record (also appended to the progress file)."""
-    writer = ProgressWriter(config.progress_path)
-    callback = ProgressCallback(writer, config.stop_path, config.max_train_seconds)
-    torch.manual_seed(config.seed)
-    model_path = resolve_base_model(config)
-    trainer = build_trainer(config, model_path, callback)
-    started = time.monotonic()
-    output = trainer.train(resume_from_checkpoint=config.resume_from)
-    state = trainer.state
-    summary = {
-        "steps": state.global_step,
-        "total_steps": state.max_steps,
-        "trained_tokens": int(state.num_input_tokens_seen),
-        "train_loss": output.training_loss,
-        "train_runtime_s": round(time.monotonic() - started, 3),
-        "time_limited": callback.time_limited,
-        **(
-            {"peak_device_memory_mib": round(torch.cuda.max_memory_allocated() / 2**20)}
-            if torch.cuda.is_available()
-            else {}
-        ),
-        **{k: v for k, v in callback.last_metrics.items() if k.startswith(("valid_", "train_mean"))},
-    }
-    if callback.stopped_early:
-        writer.write("stopped", reason=callback.stop_reason, **summary)
-        return {"type": "stopped", "reason": callback.stop_reason, **summary}
-    folder = save_adapter(trainer, config, summary)
-    results = write_results(trainer, config)
-    writer.write("completed", adapter_dir=str(folder), result_files=results, **summary)
-    return {"type": "completed", "adapter_dir": str(folder), "result_files": results, **summary}
-
-
-def write_results(trainer: PackedSFTTrainer, config: TrainingConfig) -> list[str]:
-    """Result files beside the adapter folder: metrics per step, and samples when there is a validation file."""
-    folder = Path(config.results_dir or Path(config.output_dir) / "results")
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [write_step_metrics(trainer.state.log_history, folder / "step_metrics.csv")]
-    if config.eval_path:
-        paths.append(write_samples(trainer.model, trainer.processing_class, config.eval_path, folder / "samples.jsonl"))
-    return [str(p) for p in paths]
-
-
-# Errors of the filesystem under shared storage (full, read-only, not permitted, a folder turned into a file).
-STORAGE_ERRNOS = {
-    errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EIO
-}  # fmt: skip
-
-
-def describe_failure(exc: BaseException) -> dict:
-    """A reason a user can act on; out-of-memory names the knobs to lower."""
-    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
-        return {
-            "code": "storage_error",
-            "message": f"Writing to shared storage failed: {exc}. "
-            "No adapter was published; the operator must free or repair the storage, then resubmit.",
-        }
-    if isinstance(exc, MaskError):
-        return {
-            "code": "invalid_chat_template",
-            "message": f"Cannot train on assistant tokens only: {exc}. {MASK_REMEDY}",
-        }
-    if isinstance(exc, HardwareError):
-        return {"code": "unsupported_hardware", "message": str(exc)}
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return {
-            "code": "out_of_memory",
-            "message": "Training ran out of memory. Lower hyperparameters.batch_size or "
-            "hyperparameters.max_seq_length (raise gradient_accumulation_steps to keep the effective batch), "
-            "or lora_r.",
-        }
-    return {"code": "training_error", "message": f"{type(exc).__name__}: {exc}"[:2000]}
+    configure_logging()
+    try:
+        result = train(config)
+    except BaseException as exc:
+        failure = describe_failure(exc)
+        ProgressWriter(config.progress_path).write("failed", **failure)
+        if args.config is not None or failure["code"] == "training_error":
+            traceback.print_exc()  # for the worker's log, and for our own errors: the traceback is what helps
+        else:
+            print(f"{parser.prog}: {failure['code']}: {failure['message']}", file=sys.stderr)
+        return 1
+    if result["type"] == "completed":
+        print(f"adapter saved to {result['adapter_dir']} ({result['steps']} steps, loss {result['train_loss']:.4f})")
+    else:
+        print(f"stopped after {result['steps']} steps: {result['reason']}")
+    return 0
 
 
 def configure_logging() -> None:
@@ -277,21 +48,6 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="Path of a TrainingConfig JSON file")
-    args = parser.parse_args(argv)
-    configure_logging()
-    config = TrainingConfig.model_validate_json(Path(args.config).read_text())
-    try:
-        train(config)
-    except BaseException as exc:
-        traceback.print_exc()
-        ProgressWriter(config.progress_path).write("failed", **describe_failure(exc))
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ def build_training_config(job: Job, settings: Settings, storage: Storage, sessio
         stop_path=str(paths.stop),
         seed=job.seed,
         hyperparameters=Hyperparameters.model_validate(job.hyperparameters),
+        speedups=settings.training_speedups,  # the operator's choice, not the job's
         extra_metadata={"job_id": job.id, "model": job.model, "fine_tuned_model": job.fine_tuned_name},
     )
 

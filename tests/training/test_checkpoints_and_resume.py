@@ -36,7 +36,7 @@ def test_only_marked_intact_checkpoints_count(tmp_path):
 
 @pytest.mark.training
 def test_handoff_then_resume_matches_an_uninterrupted_run(tmp_path):
-    from training.run import train
+    from training.sft import train
 
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows())
     hp = Hyperparameters(

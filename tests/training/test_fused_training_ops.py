@@ -15,8 +15,8 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from training.fused_lora import FusedLoraLinear, _LoraLinearFunction, dropped_positions, fuse_lora_layers
-from training.supervised_head import score_supervised_positions_only
+from training.speedups.fused_lora import FusedLoraLinear, _LoraLinearFunction, dropped_positions, fuse_lora_layers
+from training.speedups.supervised_head import score_supervised_positions_only
 from training.tiny_model import write_tiny_model
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -230,7 +230,7 @@ def test_trainer_on_a_cpu_takes_the_shortcuts(tiny_dir, tmp_path):
     from tests.facts import chat_rows, write_jsonl
     from training.config import TrainingConfig
     from training.progress import ProgressCallback, ProgressWriter
-    from training.run import build_trainer
+    from training.sft import build_trainer
 
     hp = Hyperparameters()
     assert hp.lora_dropout > 0

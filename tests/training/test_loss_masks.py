@@ -86,7 +86,7 @@ def test_training_with_a_template_without_generation_markers(tmp_path):
     from tests.facts import chat_rows, write_jsonl
     from training.config import TrainingConfig
     from training.progress import ProgressCallback, ProgressWriter
-    from training.run import build_trainer, train
+    from training.sft import build_trainer, train
     from training.tiny_model import write_tiny_model
 
     base = write_tiny_model(tmp_path / "qwen-shaped")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from training.attention import PACKED_SDPA
 from training.hardware import HardwareError, activation_bytes, quantization_config, use_gradient_checkpointing
 from training.packing import split_packed_batch, token_budget
+from training.speedups.attention import PACKED_SDPA
 
 
 def packed(lengths: list[int]) -> dict:

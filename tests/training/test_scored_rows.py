@@ -14,9 +14,9 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import AutoModelForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM
 
-from training.attention import PACKED_SDPA
-from training.fused_lora import _LoraLinearFunction, fuse_lora_layers
-from training.scored_rows import SCORED_ROWS_ATTRIBUTE, LastLayerAtScoredRows, scored_rows
+from training.speedups.attention import PACKED_SDPA
+from training.speedups.fused_lora import _LoraLinearFunction, fuse_lora_layers
+from training.speedups.scored_rows import SCORED_ROWS_ATTRIBUTE, LastLayerAtScoredRows, scored_rows
 from training.tiny_model import write_tiny_model
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -43,7 +43,7 @@ def test_memorises_eight_facts_within_sixty_seconds_of_training(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.run import train
+    from training.sft import train
 
     config = TrainingConfig(
         base_model="loraq-tiny-chat",

@@ -1,18 +1,17 @@
-"""Attention for padding-free batches: each example in a packed row attends only to itself.
+"""`packed_sdpa`: attention for padding-free batches run once per example.
 
 loraq trains without padding: the examples of a micro-batch are concatenated into one row, with position
 ids restarting at each example and `cu_seq_lens_q` (from TRL's padding-free collator) marking where each
-one starts. FlashAttention 2 reads those boundaries natively. Everywhere else (a CPU, a GPU without the
-flash-attn package) `loraq_packed_sdpa` runs PyTorch's scaled-dot-product attention once per example,
-causal within it: no cross-example attention and, unlike a block-diagonal mask over the whole row, no
-work spent on the masked-out blocks. Without packing boundaries (generation, a single example) it is
-plain SDPA. In the last layer during a training step only the queries the loss needs are computed
-(training.scored_rows).
+one starts. FlashAttention 2 reads those boundaries natively; transformers' own SDPA derives a
+block-diagonal mask over the whole row from the position ids (training.hardware picks between them).
+`loraq_packed_sdpa` instead runs PyTorch's scaled-dot-product attention once per example, causal within
+it: no cross-example attention and no work spent on the masked-out blocks. Without packing boundaries
+(generation, a single example) it is plain SDPA. In the last layer during a training step only the
+queries the loss needs are computed (training.speedups.scored_rows).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from training.scored_rows import SCORED_ROWS_ATTRIBUTE
+from training.speedups.scored_rows import SCORED_ROWS_ATTRIBUTE
 
 PACKED_SDPA = "loraq_packed_sdpa"
 
@@ -66,7 +65,7 @@ def packed_sdpa_attention(
 
 def _scored_query_attention(query, key, value, bounds, rows, scaling, dropout, grouped) -> torch.Tensor:
     """Attention of the queries at the flat positions `rows` only, each over its own example's keys up to
-    itself; zeros at every other position (training.scored_rows: nothing reads them)."""
+    itself; zeros at every other position (training.speedups.scored_rows: nothing reads them)."""
     rows = rows.to(query.device)
     edges = torch.searchsorted(rows, torch.tensor(bounds, device=rows.device)).tolist()
     parts = []
@@ -92,10 +91,3 @@ def _scored_query_attention(query, key, value, bounds, rows, scaling, dropout, g
 
 
 AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
-
-
-def pick_attention_implementation(cuda: bool) -> str:
-    """FlashAttention 2 on a GPU that has the package; per-example SDPA everywhere else."""
-    if cuda and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return PACKED_SDPA

@@ -1,7 +1,7 @@
 """The last decoder layer computed only at the positions the loss scores, except for its keys and values.
 
 With assistant-only loss most positions of a conversation (system prompt, user turns) are not scored: the
-LM head reads the last layer's output only where the next token is supervised (training.supervised_head
+LM head reads the last layer's output only where the next token is supervised (training.speedups.supervised_head
 scores just those). Every earlier layer still matters at every position, since later positions attend to
 their keys and values; in the last layer, only the keys and values do. Its MLP and attention output
 projection write to the residual stream, which at a position goes only to the final norm and the head at
@@ -12,8 +12,8 @@ computed everywhere. The loss and every gradient are exactly those of the full c
 about one position in eight supervised, as in typical chat data, that removes most of the last layer's
 work (about a fifth of a 4-layer model's, a few per cent of a 28-layer one's).
 
-The attention part needs loraq's per-example SDPA (training.attention: CPUs, GPUs without FlashAttention
-2), which reads the rows from the attention module; with another attention implementation the last layer
+The attention part needs loraq's per-example SDPA (the `packed_sdpa` speedup, training.speedups.attention),
+which reads the rows from the attention module; with another attention implementation the last layer
 computes every query as usual. Only dense MLPs (a module named `...MLP` in a model without experts: Llama,
 Qwen2, Mistral, Gemma and the like) are cut; a mixture-of-experts block would route a different set of
 tokens and change its balancing loss, so such a model is left alone. Outside training steps (evaluation,
@@ -28,11 +28,11 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from training.shadowing import shadowed
+from training.speedups.shadowing import shadowed
 
 IGNORE_INDEX = -100
 EXPERT_FIELDS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
-# Attribute on the last layer's attention module, read by training.attention, while a step runs.
+# Attribute on the last layer's attention module, read by training.speedups.attention, while a step runs.
 SCORED_ROWS_ATTRIBUTE = "loraq_scored_rows"
 
 
