@@ -15,7 +15,7 @@ from training.config import TrainingConfig
 @pytest.mark.training
 @pytest.mark.parametrize(("n_epochs", "max_steps"), [(3, 3), (1, 10)])  # 8 rows, one per step: 24 and 8 steps
 def test_a_run_with_max_steps_stops_at_that_step(tmp_path, n_epochs, max_steps):
-    from training.run import train
+    from training.sft import train
 
     hp = Hyperparameters(
         n_epochs=n_epochs, max_steps=max_steps, gradient_accumulation_steps=1, learning_rate=1e-3,
