@@ -8,9 +8,23 @@ import sys
 from pathlib import Path
 
 
+def _worker_settings_error() -> str | None:
+    """A worker setting that would fail every job it claims, said before the worker starts."""
+    from loraq.settings import get_settings
+    from training.speedups import parse_speedups
+
+    try:
+        parse_speedups(get_settings().training_speedups)
+    except ValueError as exc:
+        return f"LORAQ_TRAINING_SPEEDUPS: {exc}"
+    return None
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from cli.embedded import run_embedded
 
+    if error := _worker_settings_error():
+        sys.exit(f"loraq up: {error}")
     return run_embedded(args.host, args.port, Path(args.data_dir))
 
 
@@ -24,6 +38,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from cli.processes import thread_environment, worker_command
     from loraq.settings import get_settings
 
+    if error := _worker_settings_error():
+        sys.exit(f"loraq worker: {error}")
     queues = args.queues or get_settings().queue
     if args.gpus:
         from cli.gpu_fleet import run_fleet
