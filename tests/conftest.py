@@ -14,18 +14,21 @@ import pytest
 from tests.deployments import API_KEY, embedded, production
 from tests.servers import free_port
 
-__all__ = ["API_KEY", "LOCAL_MODEL", "UNMASKABLE_MODEL", "free_port"]
+__all__ = ["API_KEY", "BROKEN_WEIGHTS_MODEL", "LOCAL_MODEL", "UNMASKABLE_MODEL", "free_port"]
 
 LOCAL_MODEL = "tiny-local"
 # A chat template that renders only the last message: no assistant-only loss mask can be derived from it.
 UNMASKABLE_MODEL = "tiny-unmaskable-template"
 UNMASKABLE_TEMPLATE = "{{ messages[-1]['role'] + ': ' + messages[-1]['content'] }}"
+# Config and tokenizer intact, weights file corrupt: it passes the validation stage (which reads only those)
+# and fails when the training process loads the weights.
+BROKEN_WEIGHTS_MODEL = "tiny-broken-weights"
 
 
 @pytest.fixture(scope="session")
 def operator_models(tmp_path_factory) -> dict[str, str]:
     """Operator-listed base models from local folders (loaded through the same code as a hub id): the tiny
-    model, and the tiny model with a chat template no loss mask can be derived from."""
+    model, the tiny model with a chat template no loss mask can be derived from, and one with corrupt weights."""
     from transformers import AutoTokenizer
 
     from training.tiny_model import write_tiny_model
@@ -36,7 +39,13 @@ def operator_models(tmp_path_factory) -> dict[str, str]:
     tokenizer = AutoTokenizer.from_pretrained(unmaskable)
     tokenizer.chat_template = UNMASKABLE_TEMPLATE
     tokenizer.save_pretrained(unmaskable)
-    models = {LOCAL_MODEL: {"source": str(local_model)}, UNMASKABLE_MODEL: {"source": str(unmaskable)}}
+    broken = write_tiny_model(folder / BROKEN_WEIGHTS_MODEL)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    models = {
+        LOCAL_MODEL: {"source": str(local_model)},
+        UNMASKABLE_MODEL: {"source": str(unmaskable)},
+        BROKEN_WEIGHTS_MODEL: {"source": str(broken)},
+    }
     return {"LORAQ_BASE_MODELS": json.dumps(models)}
 
 
