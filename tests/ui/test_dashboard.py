@@ -23,9 +23,16 @@ QUICK = {"n_epochs": 4, "learning_rate": 2e-3, "gradient_accumulation_steps": 1,
 LONG = {"n_epochs": 500, "gradient_accumulation_steps": 1, "logging_steps": 2, "save_steps": 50}
 MALFORMED = Path(__file__).parent.parent / "data" / "malformed"
 
-CHART_POINTS = "document.querySelector('#loss-chart').dataset.trainPoints"
-# What the chart draws: the non-empty values of uPlot's train-loss column.
-UPLOT_TRAIN_POINTS = "(document.querySelector('#loss-chart').uplot?.data[1] || []).filter(v => v !== null).length"
+
+def chart_points(page, series: int = 1) -> int:
+    """The points uPlot draws in one series of the loss chart (1 train loss, 2 validation loss, 3 learning rate)."""
+    column = f"(document.querySelector('#loss-chart')?.uplot?.data[{series}] || [])"
+    return page.evaluate(f"{column}.filter(v => v !== null).length")
+
+
+def counted_points(page) -> int:
+    """The train-loss points the chart has been given (set before uPlot has loaded too)."""
+    return int(page.evaluate("document.querySelector('#loss-chart')?.dataset.trainPoints || 0"))
 
 
 def train_loss_events(client, job_id: str) -> list[dict]:
@@ -37,9 +44,8 @@ def trained_job(service) -> dict:
     with service.client() as client:
         training = upload_ok(client, chat_rows())
         validation = upload_ok(client, chat_rows()[:3])
-        response = create_job(
-            client, training, validation_file=validation, suffix="ui", metadata={"from": "ui-test"}, hyperparameters=QUICK
-        )
+        body = {"validation_file": validation, "suffix": "ui", "metadata": {"from": "ui-test"}}
+        response = create_job(client, training, hyperparameters=QUICK, **body)
         assert response.status_code == 200, response.text
         job = wait_for(client, response.json()["id"], timeout=300)
         assert job["status"] == "succeeded", job["error"]
@@ -53,7 +59,8 @@ def test_wrong_key_shows_an_error(dashboard):
     page.click("form.signin-card button[type=submit]")
     message = page.wait_for_selector(".form-message.error")
     assert "Incorrect API key" in message.inner_text()
-    assert page.evaluate("sessionStorage.length") == 0 and "signed-in" not in page.eval_on_selector("body", "b => b.className")
+    assert page.evaluate("sessionStorage.length") == 0
+    assert "signed-in" not in (page.get_attribute("body", "class") or "")
     dashboard.shoot("sign-in-refused")
 
     # A key kept from earlier that the server now refuses: the deep link shows the sign-in form and says why.
@@ -62,18 +69,32 @@ def test_wrong_key_shows_an_error(dashboard):
     assert "Incorrect API key" in page.wait_for_selector(".form-message.error").inner_text()
 
 
-def test_first_paint_is_under_a_second(dashboard):
+def paint_timings(page) -> dict:
+    paint = page.evaluate("Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]))")
+    navigation = page.evaluate("performance.getEntriesByType('navigation')[0].toJSON()")
+    return {
+        "first_paint_ms": paint.get("first-paint"),
+        "first_contentful_paint_ms": paint.get("first-contentful-paint"),
+        "dom_content_loaded_ms": round(navigation["domContentLoadedEventEnd"]),
+    }
+
+
+def test_first_paint_is_under_a_second(dashboard, trained_job):
+    """Measured by the browser (Paint Timing): the sign-in page from a cold tab, and a job page opened from its
+    address (a full load, key in the tab), with the time until its chart is drawn."""
+    page = dashboard.page
     dashboard.open("/ui/")
-    dashboard.page.wait_for_selector("#api-key")
-    paint = dashboard.page.evaluate(
-        "Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]))"
-    )
-    timing = dashboard.page.evaluate("JSON.parse(JSON.stringify(performance.getEntriesByType('navigation')[0]))")
-    figures = {"first_paint_ms": paint.get("first-paint"), "first_contentful_paint_ms": paint.get("first-contentful-paint"),
-               "dom_content_loaded_ms": timing["domContentLoadedEventEnd"], "load_ms": timing["loadEventEnd"]}  # fmt: skip
+    page.wait_for_selector("#api-key")
+    figures = {"sign_in": paint_timings(page)}
+    dashboard.sign_in()
+    dashboard.open(f"/ui/jobs/{trained_job['id']}")
+    dashboard.wait_until(lambda: chart_points(page) > 0, "the chart drawn", every=0.02)
+    figures["job_page"] = {**paint_timings(page), "chart_drawn_ms": round(page.evaluate("performance.now()"))}
     (dashboard.folder / "first-paint.json").write_text(json.dumps(figures, indent=2))
     print(f"dashboard timings: {figures}")
-    assert figures["first_contentful_paint_ms"] is not None and figures["first_contentful_paint_ms"] < 1000, figures
+    for page_figures in figures.values():
+        assert page_figures["first_contentful_paint_ms"] is not None, figures
+        assert page_figures["first_contentful_paint_ms"] < 1000, figures
 
 
 def test_a_trained_job_appears_with_its_chart_checkpoints_report_and_samples(dashboard, client, trained_job):
@@ -88,25 +109,26 @@ def test_a_trained_job_appears_with_its_chart_checkpoints_report_and_samples(das
     page.wait_for_url(f"**/ui/jobs/{job_id}")
     expected = len(train_loss_events(client, job_id))
     assert expected == 32 // 4
-    dashboard.wait_until(lambda: page.evaluate(UPLOT_TRAIN_POINTS) == expected, f"{expected} train-loss points")
-    assert page.evaluate(CHART_POINTS) == str(expected)
+    dashboard.wait_until(lambda: chart_points(page) == expected, f"{expected} train-loss points")
     # Validation loss at each checkpoint's step (16 and 32), learning rate for every logged step.
-    assert page.evaluate("document.querySelector('#loss-chart').uplot.data[2].filter(v => v !== null).length") == 2
-    assert page.evaluate("document.querySelector('#loss-chart').uplot.data[3].filter(v => v !== null).length") == expected
+    assert chart_points(page, 2) == 2 and chart_points(page, 3) == expected == counted_points(page)
 
     assert "Step 32 of 32" in page.inner_text("#progress-steps")
     checkpoints = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
-    dashboard.wait_until(lambda: len(page.query_selector_all("tr[data-checkpoint-id]")) == len(checkpoints) == 2, "2 checkpoints")
-    report = page.inner_text("#token-report")
-    training_report = client.get(f"/v1/files/{trained_job['training_file']}").json()["token_reports"]["loraq-tiny-chat"]
-    assert str(training_report["supervised_tokens"]) in report and "facts" not in report.lower() or True
-    assert "Examples" in report and str(training_report["tokens"]) in report.replace(",", "")
-    assert "learning_rate" in page.inner_text(".kv-compact") and "ft:loraq-tiny-chat:ui:" in page.inner_text("body")
+    rows = lambda: page.query_selector_all("tr[data-checkpoint-id]")  # noqa: E731
+    dashboard.wait_until(lambda: len(rows()) == len(checkpoints) == 2, "2 checkpoints")
+    # The validation stage's token report, as kept on the training file for this base model.
+    training = client.get(f"/v1/files/{trained_job['training_file']}").json()["token_reports"]["loraq-tiny-chat"]
+    report = page.inner_text("#token-report").replace(",", "")
+    assert f"Supervised tokens\t{training['supervised_tokens']}" in report
+    assert f"Tokens\t{training['tokens']}" in report and "Validation file" in report
+    assert "learning_rate\n0.002" in page.inner_text("#hyperparameters")
+    assert trained_job["fine_tuned_model"] in page.inner_text("#job-details")
 
     # The base model's and the adapter's answers to the validation prompts, side by side, as in samples.jsonl.
     page.wait_for_selector("#samples .sample")
-    samples_id = next(f for f in trained_job["result_files"] if client.get(f"/v1/files/{f}").json()["filename"] == "samples.jsonl")
-    samples = [json.loads(line) for line in client.get(f"/v1/files/{samples_id}/content").text.splitlines()]
+    names = {client.get(f"/v1/files/{f}").json()["filename"]: f for f in trained_job["result_files"]}
+    samples = [json.loads(line) for line in client.get(f"/v1/files/{names['samples.jsonl']}/content").text.splitlines()]
     shown = page.query_selector_all("#samples .sample")
     assert len(shown) == len(samples) == 3
     for card, sample in zip(shown, samples, strict=True):
@@ -144,9 +166,9 @@ def test_the_chart_follows_a_running_job_and_cancel_stops_it(dashboard, client):
     job = create_job(client, upload_ok(client, chat_rows()), hyperparameters=LONG).json()
     dashboard.sign_in(path=f"/ui/jobs/{job['id']}")
     wait_for_event(client, job["id"], "metrics", timeout=300)
-    first = int(dashboard.wait_until(lambda: int(page.evaluate(CHART_POINTS) or 0), "a first train-loss point", 120))
+    first = dashboard.wait_until(lambda: chart_points(page), "a first train-loss point", 120)
     # More points arrive without a reload.
-    dashboard.wait_until(lambda: int(page.evaluate(CHART_POINTS)) >= first + 2, "the chart to grow", 120)
+    dashboard.wait_until(lambda: chart_points(page) >= first + 2, "the chart to grow", 120)
     assert page.query_selector('#job-status [data-status="running"]')
     assert "ETA" in page.inner_text("#eta")
     dashboard.shoot("running")
@@ -159,7 +181,7 @@ def test_the_chart_follows_a_running_job_and_cancel_stops_it(dashboard, client):
     # The worker stops at its next step; the page shows its event, and then as many points as metrics events.
     page.wait_for_selector("#events-log .event:has-text('Training stopped at step')", timeout=90_000)
     expected = len(train_loss_events(client, job["id"]))
-    dashboard.wait_until(lambda: page.evaluate(UPLOT_TRAIN_POINTS) == expected, f"{expected} train-loss points", 30)
+    dashboard.wait_until(lambda: chart_points(page) == expected, f"{expected} train-loss points", 30)
     dashboard.shoot("cancelled")
 
 
@@ -172,7 +194,7 @@ def test_uploads_show_line_numbered_errors_and_list_good_files(dashboard):
     assert "line 5" in error.inner_text() and "content must be a non-empty string" in error.inner_text()
 
     # Drag and drop: a file dropped on the zone, with a mistake on line 2.
-    bad = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\\n{"messages": 3}\\n'
+    bad = json.dumps(chat_rows()[0]) + '\n{"messages": 3}\n'
     page.evaluate(
         """(text) => {
             const transfer = new DataTransfer();
@@ -182,15 +204,14 @@ def test_uploads_show_line_numbered_errors_and_list_good_files(dashboard):
                 zone.dispatchEvent(new DragEvent(type, {dataTransfer: transfer, bubbles: true, cancelable: true}));
             }
         }""",
-        bad.replace("\\n", "\n"),
+        bad,
     )
     dropped = page.wait_for_selector('.upload[data-name="dropped.jsonl"] .upload-result')
     assert "line 2" in dropped.inner_text(), dropped.inner_text()
 
-    good = "".join(json.dumps(row) + "\n" for row in chat_rows()[:2])
-    page.set_input_files("#file-input", files=[{"name": "good.jsonl", "mimeType": "application/jsonl", "buffer": good.encode()}])
-    result = page.wait_for_selector('.upload[data-name="good.jsonl"].upload-ok .upload-result')
-    file_id = result.inner_text().split()[2].rstrip(":")
+    good = "".join(json.dumps(row) + "\n" for row in chat_rows()[:2]).encode()
+    page.set_input_files("#file-input", files=[{"name": "good.jsonl", "mimeType": "text/plain", "buffer": good}])
+    file_id = page.wait_for_selector('.upload[data-name="good.jsonl"].upload-ok').get_attribute("data-file-id")
     row = page.wait_for_selector(f'tr[data-file-id="{file_id}"]')
     assert "good.jsonl" in row.inner_text() and row.query_selector('[data-status="processed"]')
     # The rejected upload is kept with status error, its lines in the list too.
@@ -215,7 +236,7 @@ def test_server_sent_events_are_read_when_the_server_streams(dashboard, client, 
     dashboard.sign_in(path=f"/ui/jobs/{job_id}")
     page.wait_for_selector('#live-mode[data-mode="ended"]')
     expected = len(train_loss_events(client, job_id))
-    assert page.evaluate(UPLOT_TRAIN_POINTS) == expected
+    assert chart_points(page) == expected
     assert len(page.query_selector_all("#events-log .event")) == len(history)
     assert list_requests == [], "the stream was read, so the list is never polled"
 

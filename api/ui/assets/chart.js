@@ -56,16 +56,19 @@ function scientific(value) {
   return value === 0 ? "0" : value.toExponential(1).replace("e-", "e−");
 }
 
-function options(width, points) {
+// Steps are whole numbers: the step axis ticks at these spacings only.
+const STEP_INCREMENTS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 2.5e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6];
+
+function options(width, points, logScale) {
   const axis = { stroke: "#64748b", grid: { stroke: "#eef2f7", width: 1 }, ticks: { stroke: "#e2e8f0", width: 1 } };
   return {
     width,
     height: 300,
     cursor: { drag: { x: true, y: false }, points: { size: 7 } },
-    scales: { x: { time: false }, loss: { auto: true }, lr: { auto: true } },
+    scales: { x: { time: false }, loss: logScale ? { distr: 3, log: 10 } : { auto: true }, lr: { auto: true } },
     legend: { live: true },
     axes: [
-      { ...axis, label: "step", labelSize: 24 },
+      { ...axis, label: "step", labelSize: 24, incrs: STEP_INCREMENTS },
       { ...axis, scale: "loss", label: "loss", labelSize: 24, size: 56 },
       { ...axis, scale: "lr", side: 1, label: "learning rate", labelSize: 24, size: 64, grid: { show: false }, values: (_u, ticks) => ticks.map(scientific) },
     ],
@@ -84,6 +87,7 @@ export class LossChart {
     this.container = container;
     this.series = series;
     this.plot = null;
+    this.logScale = false;
     this.empty = h("div.chart-empty", {}, "No metrics yet: the chart fills in as the job trains.");
     this.container.append(this.empty);
     this.resize = new ResizeObserver(() => this.plot?.setSize({ width: this.width(), height: 300 }));
@@ -111,9 +115,16 @@ export class LossChart {
       this.plot.setData(columns);
       return;
     }
-    this.plot = new window.uPlot(options(this.width(), count), columns, this.container);
+    this.plot = new window.uPlot(options(this.width(), count, this.logScale), columns, this.container);
     this.plot.dense = dense;
     this.container.uplot = this.plot;
+  }
+
+  /** Loss on a logarithmic axis (the late steps of a run whose loss fell by orders of magnitude), or linear. */
+  setLogScale(on) {
+    this.logScale = on;
+    this.destroyPlot();
+    this.update();
   }
 
   destroyPlot() {

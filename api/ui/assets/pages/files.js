@@ -156,7 +156,10 @@ function upload(file, container) {
       } catch {
         // not JSON
       }
-      if (request.status === 200 && body) finish(true, `Uploaded as ${body.id}: ${formatNumber(body.examples)} examples.`);
+      if (request.status === 200 && body) {
+        item.dataset.fileId = body.id;
+        finish(true, `Uploaded as ${body.id}: ${formatNumber(body.examples)} examples.`);
+      }
       else finish(false, body?.error?.message || `Upload failed: ${request.status} ${request.statusText}`);
     });
     request.addEventListener("error", () => finish(false, "The upload did not reach the server."));

@@ -80,6 +80,7 @@ class JobView {
       onError: (error) => this.flash(error.message),
     });
     if (!ACTIVE.has(this.job.status)) this.follower.setFinished();
+    this.showMode(this.follower.mode());
     this.schedulePoll();
   }
 
@@ -105,15 +106,16 @@ class JobView {
     el.downloadNote = h("span.download-note.muted", { role: "status" });
     el.flash = h("div.flash", { role: "alert", hidden: true });
     el.error = h("div");
-    el.progress = h("div.stat-body");
+    el.progress = h("div#progress.stat-body");
     el.speed = h("div.stat-value", {}, "–");
     el.tokens = h("div.stat-value", {}, "–");
     el.tokensSub = h("div.sub");
     el.duration = h("div.stat-value", {}, "–");
     el.durationSub = h("div.sub");
     el.chart = h("div#loss-chart.chart");
-    el.details = h("dl.kv");
-    el.hyperparameters = h("dl.kv.kv-compact");
+    el.logScale = h("input#log-scale", { type: "checkbox", onchange: () => this.chart.setLogScale(el.logScale.checked) });
+    el.details = h("dl#job-details.kv");
+    el.hyperparameters = h("dl#hyperparameters.kv.kv-compact");
     el.report = h("div.card-body", {}, h("p.muted", {}, "The validation stage's figures appear here once it has read the files."));
     el.checkpoints = h("div.card-body", {}, h("p.muted", {}, "Loading checkpoints…"));
     el.samples = h("section#samples.card", { hidden: true });
@@ -138,7 +140,12 @@ class JobView {
         h("section.card.stat", {}, h("div.stat-label", {}, "Trained tokens"), el.tokens, el.tokensSub),
         h("section.card.stat", {}, h("div.stat-label", {}, "Duration"), el.duration, el.durationSub),
       ),
-      h("section.card", {}, h("div.card-head", {}, h("h2", {}, "Loss"), h("span.muted", {}, "training loss per logged step · validation loss per checkpoint · learning rate (right axis)")), h("div.card-body", {}, el.chart)),
+      h(
+        "section.card",
+        {},
+        h("div.card-head", {}, h("h2", {}, "Loss"), h("span.muted", {}, "training loss per logged step · validation loss per checkpoint · learning rate (right axis)"), h("label.toggle", {}, el.logScale, " Log scale")),
+        h("div.card-body", {}, el.chart),
+      ),
       h(
         "div.grid-2",
         {},
@@ -163,7 +170,9 @@ class JobView {
   }
 
   showMode(mode) {
+    if (mode === "polling" && !ACTIVE.has(this.job.status)) mode = "finished";
     const labels = {
+      finished: "job finished",
       connecting: "connecting…",
       stream: "live · streaming",
       polling: `live · polling every ${POLL_SECONDS} s`,
@@ -196,6 +205,7 @@ class JobView {
     this.renderJob();
     if (wasActive && !ACTIVE.has(job.status)) {
       this.follower?.setFinished();
+      if (this.follower?.mode() === "polling") this.showMode("polling");
       this.loadCheckpoints();
       this.loadFiles();
       this.loadResults();
@@ -256,6 +266,7 @@ class JobView {
       label = "Waiting for a worker";
     }
     if (job.status === "succeeded") fraction = 1;
+    this.el.progress.dataset.status = job.status;
     fill(this.el.progress, progressBar(fraction), h("div.progress-text", {}, h("span#progress-steps", {}, label || job.status), h("span#eta.muted", {}, eta)));
   }
 

@@ -6,7 +6,7 @@ import { ACTIVE, fill, formatAgo, formatDate, formatDuration, h, jobDuration, no
 const REFRESH_SECONDS = 3;
 const PAGE = 20;
 
-export function renderJobs(main) {
+export function renderJobs(main, { navigate }) {
   document.title = "Jobs · loraq";
   const count = h("span.count");
   const body = h("div.card-body", {}, h("div.loading", {}, "Loading jobs…"));
@@ -39,7 +39,7 @@ export function renderJobs(main) {
       fill(body, emptyState());
       return;
     }
-    const rows = page.data.map(jobRow);
+    const rows = page.data.map((job) => jobRow(job, navigate));
     fill(
       body,
       h(
@@ -66,14 +66,18 @@ export function renderJobs(main) {
   };
 }
 
-function jobRow(job) {
+function jobRow(job, navigate) {
   const href = `/ui/jobs/${job.id}`;
+  // The whole row opens the job; the id stays a real link (new tab, copy address).
+  const open = (event) => {
+    if (!event.target.closest("a")) navigate(href);
+  };
   const name = job.fine_tuned_model || job.user_provided_suffix;
   const steps = job.total_steps ? `${job.completed_steps} / ${job.total_steps} steps` : job.status === "validating_files" ? "checking files" : "–";
   const fraction = job.total_steps ? job.completed_steps / job.total_steps : job.status === "succeeded" ? 1 : 0;
   return h(
     "tr",
-    { "data-job-id": job.id, class: ACTIVE.has(job.status) ? "active" : null },
+    { "data-job-id": job.id, "data-status": job.status, class: ACTIVE.has(job.status) ? "active" : null, onclick: open },
     h("td", {}, h("a.job-link.mono", { href, "data-link": true }, job.id), name ? h("div.sub", {}, name) : null),
     h("td", {}, statusChip(job.status)),
     h("td.hide-sm", {}, job.model),
