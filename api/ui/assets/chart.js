@@ -52,8 +52,11 @@ export class LossSeries {
   }
 }
 
+/** 0.00125 -> "1.25e−3", 0.002 -> "2e−3". */
 function scientific(value) {
-  return value === 0 ? "0" : value.toExponential(1).replace("e-", "e−");
+  if (value === 0) return "0";
+  const [mantissa, exponent] = value.toExponential(2).split("e");
+  return `${Number(mantissa)}e${exponent.replace("-", "−").replace("+", "")}`;
 }
 
 // Steps are whole numbers: the step axis ticks at these spacings only.
@@ -70,7 +73,7 @@ function options(width, points, logScale) {
     axes: [
       { ...axis, label: "step", labelSize: 24, incrs: STEP_INCREMENTS },
       { ...axis, scale: "loss", label: "loss", labelSize: 24, size: 56 },
-      { ...axis, scale: "lr", side: 1, label: "learning rate", labelSize: 24, size: 64, grid: { show: false }, values: (_u, ticks) => ticks.map(scientific) },
+      { ...axis, scale: "lr", side: 1, label: "learning rate", labelSize: 24, size: 76, grid: { show: false }, values: (_u, ticks) => ticks.map(scientific) },
     ],
     series: [
       { label: "step" },

@@ -6,6 +6,10 @@ import { api, authHeaders, errorOf } from "./api.js";
 
 export const POLL_SECONDS = 2;
 const RETRY_SECONDS = 2;
+// A finished job can still get events (the worker reports where a cancelled run stopped): it is polled at the
+// usual pace for this long after it finishes, then every FINISHED_POLL_SECONDS.
+const LATE_EVENTS_SECONDS = 30;
+const FINISHED_POLL_SECONDS = 10;
 
 /**
  * An incremental text/event-stream parser (the WHATWG rules: lines end in LF, CR or CRLF; a blank line ends a
@@ -70,7 +74,8 @@ export class SSEParser {
 /**
  * Follow a job's events. `onEvents(list)` gets new events oldest first, each once; `onEnd(job)` the job object
  * when the stream says the job has finished; `onMode(mode)` "connecting" | "stream" | "polling" |
- * "reconnecting" | "ended". Returns {stop(), mode(), setFinished()}: a finished job is polled every 10 s.
+ * "reconnecting" | "ended". Returns {stop(), mode(), setFinished()}. After the stream's `end`, and once the page
+ * says the job has finished, late events are still picked up by polling the list, ever more slowly.
  */
 export function followEvents(jobId, { onEvents, onEnd = () => {}, onMode = () => {}, onError = () => {} }) {
   const path = `/v1/fine_tuning/jobs/${encodeURIComponent(jobId)}/events`;
@@ -78,7 +83,7 @@ export function followEvents(jobId, { onEvents, onEnd = () => {}, onMode = () =>
   const controller = new AbortController();
   let mode = "connecting";
   let lastId = null;
-  let finished = false;
+  let finishedAt = null;
   let timer = null;
 
   const setMode = (next) => {
@@ -151,8 +156,10 @@ export function followEvents(jobId, { onEvents, onEnd = () => {}, onMode = () =>
     deliver(collected.reverse());
   }
 
+  const pollInterval = () =>
+    finishedAt !== null && Date.now() - finishedAt > LATE_EVENTS_SECONDS * 1000 ? FINISHED_POLL_SECONDS : POLL_SECONDS;
+
   async function poll(firstPage) {
-    setMode("polling");
     let page = firstPage;
     while (!controller.signal.aborted) {
       try {
@@ -162,7 +169,7 @@ export function followEvents(jobId, { onEvents, onEnd = () => {}, onMode = () =>
         onError(error);
       }
       page = null;
-      await sleep(finished ? 10 : POLL_SECONDS);
+      await sleep(pollInterval());
     }
   }
 
@@ -178,8 +185,16 @@ export function followEvents(jobId, { onEvents, onEnd = () => {}, onMode = () =>
         await sleep(RETRY_SECONDS);
         continue;
       }
-      if ("fallback" in outcome) return poll(outcome.fallback);
-      if (outcome.ended) return setMode("ended");
+      if ("fallback" in outcome) {
+        setMode("polling");
+        return poll(outcome.fallback);
+      }
+      if (outcome.ended) {
+        setMode("ended");
+        finishedAt ??= Date.now();
+        await sleep(POLL_SECONDS);
+        return poll(null);
+      }
       // The stream closed before the job ended (the server restarted): resume after the last event seen.
       setMode("reconnecting");
       await sleep(RETRY_SECONDS);
@@ -193,8 +208,9 @@ export function followEvents(jobId, { onEvents, onEnd = () => {}, onMode = () =>
       clearTimeout(timer);
     },
     mode: () => mode,
-    setFinished() {
-      finished = true;
+    /** The job finished (at `when`, ms since the epoch). */
+    setFinished(when = Date.now()) {
+      finishedAt ??= when;
     },
   };
 }

@@ -79,7 +79,7 @@ class JobView {
       onMode: (mode) => this.showMode(mode),
       onError: (error) => this.flash(error.message),
     });
-    if (!ACTIVE.has(this.job.status)) this.follower.setFinished();
+    if (!ACTIVE.has(this.job.status)) this.follower.setFinished((this.job.finished_at || this.job.created_at) * 1000);
     this.showMode(this.follower.mode());
     this.schedulePoll();
   }
@@ -177,7 +177,7 @@ class JobView {
       stream: "live · streaming",
       polling: `live · polling every ${POLL_SECONDS} s`,
       reconnecting: "reconnecting…",
-      ended: "stream ended",
+      ended: "job finished · stream closed",
     };
     this.el.mode.textContent = labels[mode] || mode;
     this.el.mode.dataset.mode = mode;

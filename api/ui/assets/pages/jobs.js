@@ -48,7 +48,7 @@ export function renderJobs(main, { navigate }) {
         h(
           "table.table.jobs-table",
           {},
-          h("thead", {}, h("tr", {}, h("th", {}, "Job"), h("th", {}, "Status"), h("th.hide-sm", {}, "Model"), h("th.hide-sm", {}, "Created"), h("th", {}, "Duration"), h("th.progress-col", {}, "Progress"))),
+          h("thead", {}, h("tr", {}, h("th", {}, "Job"), h("th", {}, "Status"), h("th.hide-sm", {}, "Model"), h("th.hide-sm", {}, "Created"), h("th.num.hide-sm", {}, "Duration"), h("th.progress-col", {}, "Progress"))),
           h("tbody", {}, rows),
         ),
       ),
@@ -82,7 +82,7 @@ function jobRow(job, navigate) {
     h("td", {}, statusChip(job.status)),
     h("td.hide-sm", {}, job.model),
     h("td.hide-sm", { title: formatDate(job.created_at) }, formatAgo(job.created_at)),
-    h("td.num", {}, formatDuration(jobDuration(job))),
+    h("td.num.hide-sm", {}, formatDuration(jobDuration(job))),
     h("td.progress-col", {}, progressBar(fraction), h("div.sub", {}, steps)),
   );
 }
