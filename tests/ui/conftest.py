@@ -75,7 +75,8 @@ class Dashboard:
             value = predicate()
             if value:
                 return value
-            time.sleep(every)
+            # Not time.sleep: Playwright's sync API delivers page events (requests, console) only while it runs.
+            self.page.wait_for_timeout(every * 1000)
         self.shoot("timeout")
         raise AssertionError(f"not within {timeout}s: {what}")
 
