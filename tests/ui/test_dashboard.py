@@ -69,6 +69,18 @@ def test_wrong_key_shows_an_error(dashboard):
     assert "Incorrect API key" in page.wait_for_selector(".form-message.error").inner_text()
 
 
+def test_a_new_owner_sees_empty_states(dashboard, service):
+    dashboard.sign_in(service.new_key("ui-newcomer"))
+    page = dashboard.page
+    assert "No fine-tuning jobs yet" in page.wait_for_selector(".notice-empty").inner_text()
+    dashboard.shoot("jobs-empty")
+    page.click("nav a[data-nav=files]")
+    page.wait_for_url("**/ui/files")
+    assert "No files yet" in page.wait_for_selector(".notice-empty").inner_text()
+    dashboard.open("/ui/jobs/ftjob-not-mine")  # a reload of an address: the key stays in the tab
+    assert "No such job" in page.wait_for_selector(".notice-error").inner_text()
+
+
 def paint_timings(page) -> dict:
     paint = page.evaluate("Object.fromEntries(performance.getEntriesByType('paint').map(e => [e.name, e.startTime]))")
     navigation = page.evaluate("performance.getEntriesByType('navigation')[0].toJSON()")

@@ -122,12 +122,16 @@ export async function download(path, fallbackName, onProgress = () => {}) {
     onProgress(received, total);
   }
   const blob = new Blob(chunks, { type: response.headers.get("content-type") || "application/octet-stream" });
-  const expected = (response.headers.get("x-checksum-sha256") || response.headers.get("etag") || "").replaceAll('"', "");
+  const expected = (response.headers.get("x-checksum-sha256") || response.headers.get("etag") || "").replaceAll(
+    '"',
+    "",
+  );
   let verified = null;
   if (/^[0-9a-f]{64}$/.test(expected) && globalThis.crypto?.subtle) {
     const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
     const actual = [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
-    if (actual !== expected) throw new ApiError(0, `The download's SHA-256 (${actual}) is not the server's (${expected}).`);
+    if (actual !== expected)
+      throw new ApiError(0, `The download's SHA-256 (${actual}) is not the server's (${expected}).`);
     verified = actual;
   }
   const name = offeredName(response, fallbackName);

@@ -49,7 +49,15 @@ function route(message = null) {
   }
   setNav(null);
   document.title = "Not found · loraq";
-  fill(main, notice("empty", "No such page", `Nothing lives at ${path}.`, h("a.button", { href: "/ui/", "data-link": true }, "Go to jobs")));
+  fill(
+    main,
+    notice(
+      "empty",
+      "No such page",
+      `Nothing lives at ${path}.`,
+      h("a.button", { href: "/ui/", "data-link": true }, "Go to jobs"),
+    ),
+  );
 }
 
 function setNav(active) {

@@ -41,12 +41,15 @@ export class LossSeries {
   /** A checkpoint's `valid_loss` (the evaluation at its step), for checkpoints whose event was not seen. */
   addCheckpoint(checkpoint) {
     const loss = checkpoint.metrics?.valid_loss;
-    if (typeof loss === "number" && !this.valid.has(checkpoint.step_number)) this.valid.set(checkpoint.step_number, loss);
+    if (typeof loss === "number" && !this.valid.has(checkpoint.step_number))
+      this.valid.set(checkpoint.step_number, loss);
   }
 
   /** uPlot's aligned columns: [steps, train loss, validation loss, learning rate] (null where a step has none). */
   columns() {
-    const steps = [...new Set([...this.train.keys(), ...this.valid.keys(), ...this.learningRate.keys()])].sort((a, b) => a - b);
+    const steps = [...new Set([...this.train.keys(), ...this.valid.keys(), ...this.learningRate.keys()])].sort(
+      (a, b) => a - b,
+    );
     const column = (map) => steps.map((step) => (map.has(step) ? map.get(step) : null));
     return [steps, column(this.train), column(this.valid), column(this.learningRate)];
   }
@@ -60,7 +63,9 @@ function scientific(value) {
 }
 
 // Steps are whole numbers: the step axis ticks at these spacings only.
-const STEP_INCREMENTS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 2.5e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6];
+const STEP_INCREMENTS = [
+  1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 2.5e3, 5e3, 1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6,
+];
 
 function options(width, points, logScale) {
   const axis = { stroke: "#64748b", grid: { stroke: "#eef2f7", width: 1 }, ticks: { stroke: "#e2e8f0", width: 1 } };
@@ -73,13 +78,47 @@ function options(width, points, logScale) {
     axes: [
       { ...axis, label: "step", labelSize: 24, incrs: STEP_INCREMENTS },
       { ...axis, scale: "loss", label: "loss", labelSize: 24, size: 56 },
-      { ...axis, scale: "lr", side: 1, label: "learning rate", labelSize: 24, size: 76, grid: { show: false }, values: (_u, ticks) => ticks.map(scientific) },
+      {
+        ...axis,
+        scale: "lr",
+        side: 1,
+        label: "learning rate",
+        labelSize: 24,
+        size: 76,
+        grid: { show: false },
+        values: (_u, ticks) => ticks.map(scientific),
+      },
     ],
     series: [
       { label: "step" },
-      { label: "train loss", scale: "loss", stroke: COLORS.train, width: 2, spanGaps: true, points: { show: points < 80, size: 5, fill: COLORS.train }, value: (_u, v) => (v == null ? "–" : v.toFixed(4)) },
-      { label: "validation loss", scale: "loss", stroke: COLORS.valid, width: 2, spanGaps: true, points: { show: true, size: 8, fill: "#fff" }, value: (_u, v) => (v == null ? "–" : v.toFixed(4)) },
-      { label: "learning rate", scale: "lr", stroke: COLORS.lr, width: 1.5, dash: [5, 4], spanGaps: true, points: { show: false }, value: (_u, v) => (v == null ? "–" : scientific(v)) },
+      {
+        label: "train loss",
+        scale: "loss",
+        stroke: COLORS.train,
+        width: 2,
+        spanGaps: true,
+        points: { show: points < 80, size: 5, fill: COLORS.train },
+        value: (_u, v) => (v == null ? "–" : v.toFixed(4)),
+      },
+      {
+        label: "validation loss",
+        scale: "loss",
+        stroke: COLORS.valid,
+        width: 2,
+        spanGaps: true,
+        points: { show: true, size: 8, fill: "#fff" },
+        value: (_u, v) => (v == null ? "–" : v.toFixed(4)),
+      },
+      {
+        label: "learning rate",
+        scale: "lr",
+        stroke: COLORS.lr,
+        width: 1.5,
+        dash: [5, 4],
+        spanGaps: true,
+        points: { show: false },
+        value: (_u, v) => (v == null ? "–" : scientific(v)),
+      },
     ],
   };
 }

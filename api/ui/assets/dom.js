@@ -126,5 +126,11 @@ export function progressBar(fraction, label) {
 
 /** An empty or error state: a title, a line of explanation, and optional extra content. */
 export function notice(kind, title, text, ...extra) {
-  return h(`div.notice.notice-${kind}`, { role: kind === "error" ? "alert" : null }, h("h3", {}, title), text ? h("p", {}, text) : null, extra);
+  return h(
+    `div.notice.notice-${kind}`,
+    { role: kind === "error" ? "alert" : null },
+    h("h3", {}, title),
+    text ? h("p", {}, text) : null,
+    extra,
+  );
 }

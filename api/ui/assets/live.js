@@ -53,7 +53,8 @@ export class SSEParser {
 
   line(line, messages) {
     if (line === "") {
-      if (this.data.length) messages.push({ event: this.event || "message", data: this.data.join("\n"), id: this.lastEventId });
+      if (this.data.length)
+        messages.push({ event: this.event || "message", data: this.data.join("\n"), id: this.lastEventId });
       this.reset();
       return;
     }

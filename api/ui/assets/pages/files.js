@@ -7,18 +7,37 @@ import { confirmAction } from "./confirm.js";
 
 export function renderFiles(main) {
   document.title = "Files · loraq";
-  const picker = h("input#file-input", { type: "file", accept: ".jsonl,.json,application/jsonl,application/json", hidden: true, multiple: true });
+  const picker = h("input#file-input", {
+    type: "file",
+    accept: ".jsonl,.json,application/jsonl,application/json",
+    hidden: true,
+    multiple: true,
+  });
   const drop = h(
     "label.dropzone#dropzone",
     { for: "file-input", tabindex: "0" },
     h("strong", {}, "Drop a chat JSONL file here"),
-    h("span.muted", {}, " or click to choose one. Each line: ", h("code", {}, '{"messages": [{"role": …, "content": …}, …]}')),
+    h(
+      "span.muted",
+      {},
+      " or click to choose one. Each line: ",
+      h("code", {}, '{"messages": [{"role": …, "content": …}, …]}'),
+    ),
   );
   const uploads = h("div.uploads#uploads", { "aria-live": "polite" });
   const list = h("div.card-body", {}, h("div.loading", {}, "Loading files…"));
   fill(
     main,
-    h("div.page-head", {}, h("div", {}, h("h1", {}, "Files"), h("p.muted", {}, "Training and validation data, and the result files of finished jobs."))),
+    h(
+      "div.page-head",
+      {},
+      h(
+        "div",
+        {},
+        h("h1", {}, "Files"),
+        h("p.muted", {}, "Training and validation data, and the result files of finished jobs."),
+      ),
+    ),
     h("section.card", {}, h("div.card-body", {}, drop, picker, uploads)),
     h("section.card", {}, h("div.card-head", {}, h("h2", {}, "Uploaded files")), list),
   );
@@ -47,8 +66,26 @@ export function renderFiles(main) {
         h(
           "table.table.files-table",
           {},
-          h("thead", {}, h("tr", {}, h("th", {}, "File"), h("th", {}, "Status"), h("th.hide-sm", {}, "Purpose"), h("th.num", {}, "Size"), h("th.num.hide-sm", {}, "Examples"), h("th.hide-sm", {}, "Uploaded"), h("th", {}, ""))),
-          h("tbody", {}, files.map((file) => fileRow(file, refresh))),
+          h(
+            "thead",
+            {},
+            h(
+              "tr",
+              {},
+              h("th", {}, "File"),
+              h("th", {}, "Status"),
+              h("th.hide-sm", {}, "Purpose"),
+              h("th.num", {}, "Size"),
+              h("th.num.hide-sm", {}, "Examples"),
+              h("th.hide-sm", {}, "Uploaded"),
+              h("th", {}, ""),
+            ),
+          ),
+          h(
+            "tbody",
+            {},
+            files.map((file) => fileRow(file, refresh)),
+          ),
         ),
       ),
     );
@@ -99,7 +136,11 @@ function fileRow(file, refresh) {
   });
   const deleteButton = h("button.button.small.danger-outline", { type: "button" }, "Delete");
   deleteButton.addEventListener("click", async () => {
-    const sure = await confirmAction(`Delete ${file.filename}?`, `${file.id} is removed with its stored bytes. Jobs that used it keep their results.`, "Delete file");
+    const sure = await confirmAction(
+      `Delete ${file.filename}?`,
+      `${file.id} is removed with its stored bytes. Jobs that used it keep their results.`,
+      "Delete file",
+    );
     if (!sure) return;
     try {
       await api(`/v1/files/${file.id}`, { method: "DELETE" });
@@ -111,7 +152,13 @@ function fileRow(file, refresh) {
   return h(
     "tr",
     { "data-file-id": file.id },
-    h("td", {}, h("div.filename", {}, file.filename), h("div.sub.mono", {}, file.id), file.status_details ? h("div.details.error-text", {}, file.status_details) : null),
+    h(
+      "td",
+      {},
+      h("div.filename", {}, file.filename),
+      h("div.sub.mono", {}, file.id),
+      file.status_details ? h("div.details.error-text", {}, file.status_details) : null,
+    ),
     h("td", {}, statusChip(file.status)),
     h("td.hide-sm", {}, file.purpose),
     h("td.num", {}, formatBytes(file.bytes)),
@@ -130,7 +177,12 @@ function alertInRow(button, text) {
 /** One upload, with a progress bar; XMLHttpRequest because fetch() reports no upload progress. */
 function upload(file, container) {
   const bar = progressBar(0);
-  const line = h("div.upload-line", {}, h("span.mono", {}, file.name), h("span.muted", {}, ` ${formatBytes(file.size)}`));
+  const line = h(
+    "div.upload-line",
+    {},
+    h("span.mono", {}, file.name),
+    h("span.muted", {}, ` ${formatBytes(file.size)}`),
+  );
   const item = h("div.upload", { "data-name": file.name }, line, bar);
   container.prepend(item);
   const form = new FormData();
@@ -141,12 +193,15 @@ function upload(file, container) {
     request.open("POST", "/v1/files");
     for (const [name, value] of Object.entries(authHeaders())) request.setRequestHeader(name, value);
     request.upload.addEventListener("progress", (event) => {
-      if (event.lengthComputable) bar.querySelector(".progress-fill").style.width = `${((event.loaded / event.total) * 100).toFixed(1)}%`;
+      if (event.lengthComputable)
+        bar.querySelector(".progress-fill").style.width = `${((event.loaded / event.total) * 100).toFixed(1)}%`;
     });
     const finish = (ok, text) => {
       bar.remove();
       item.classList.add(ok ? "upload-ok" : "upload-error");
-      item.append(h(ok ? "div.upload-result" : "div.upload-result.error-text", { role: ok ? "status" : "alert" }, text));
+      item.append(
+        h(ok ? "div.upload-result" : "div.upload-result.error-text", { role: ok ? "status" : "alert" }, text),
+      );
       resolve();
     };
     request.addEventListener("load", () => {
@@ -159,8 +214,7 @@ function upload(file, container) {
       if (request.status === 200 && body) {
         item.dataset.fileId = body.id;
         finish(true, `Uploaded as ${body.id}: ${formatNumber(body.examples)} examples.`);
-      }
-      else finish(false, body?.error?.message || `Upload failed: ${request.status} ${request.statusText}`);
+      } else finish(false, body?.error?.message || `Upload failed: ${request.status} ${request.statusText}`);
     });
     request.addEventListener("error", () => finish(false, "The upload did not reach the server."));
     request.send(form);

@@ -9,7 +9,6 @@ import {
   FINISHED,
   fill,
   formatBytes,
-  formatClock,
   formatDate,
   formatDuration,
   formatNumber,
@@ -22,6 +21,14 @@ import {
 } from "../dom.js";
 import { POLL_SECONDS, followEvents } from "../live.js";
 import { confirmAction } from "./confirm.js";
+import {
+  checkpointsTable,
+  detailRows,
+  eventItem,
+  progressSummary,
+  samplesBody,
+  tokenReportTable,
+} from "./job-parts.js";
 
 export function renderJob(main, { params: [jobId] }) {
   document.title = `${jobId} · loraq`;
@@ -29,16 +36,6 @@ export function renderJob(main, { params: [jobId] }) {
   view.start();
   return () => view.stop();
 }
-
-const REPORT_ROWS = [
-  ["examples", "Examples"],
-  ["usable_examples", "Usable examples"],
-  ["tokens", "Tokens"],
-  ["supervised_tokens", "Supervised tokens"],
-  ["trained_tokens_per_epoch", "Trained tokens per epoch"],
-  ["max_example_tokens", "Longest example (tokens)"],
-  ["max_seq_length", "max_seq_length"],
-];
 
 class JobView {
   constructor(main, jobId) {
@@ -101,8 +98,16 @@ class JobView {
     el.title = h("h1.mono", {}, this.jobId);
     el.subtitle = h("p.muted");
     el.status = h("span#job-status");
-    el.download = h("button#download-adapter.button.primary", { type: "button", onclick: () => this.downloadAdapter() }, "Download adapter");
-    el.cancel = h("button#cancel-job.button.danger-outline", { type: "button", onclick: () => this.cancel() }, "Cancel job");
+    el.download = h(
+      "button#download-adapter.button.primary",
+      { type: "button", onclick: () => this.downloadAdapter() },
+      "Download adapter",
+    );
+    el.cancel = h(
+      "button#cancel-job.button.danger-outline",
+      { type: "button", onclick: () => this.cancel() },
+      "Cancel job",
+    );
     el.downloadNote = h("span.download-note.muted", { role: "status" });
     el.flash = h("div.flash", { role: "alert", hidden: true });
     el.error = h("div");
@@ -113,10 +118,17 @@ class JobView {
     el.duration = h("div.stat-value", {}, "–");
     el.durationSub = h("div.sub");
     el.chart = h("div#loss-chart.chart");
-    el.logScale = h("input#log-scale", { type: "checkbox", onchange: () => this.chart.setLogScale(el.logScale.checked) });
+    el.logScale = h("input#log-scale", {
+      type: "checkbox",
+      onchange: () => this.chart.setLogScale(el.logScale.checked),
+    });
     el.details = h("dl#job-details.kv");
     el.hyperparameters = h("dl#hyperparameters.kv.kv-compact");
-    el.report = h("div.card-body", {}, h("p.muted", {}, "The validation stage's figures appear here once it has read the files."));
+    el.report = h(
+      "div.card-body",
+      {},
+      h("p.muted", {}, "The validation stage's figures appear here once it has read the files."),
+    );
     el.checkpoints = h("div.card-body", {}, h("p.muted", {}, "Loading checkpoints…"));
     el.samples = h("section#samples.card", { hidden: true });
     el.resultFiles = h("div");
@@ -129,36 +141,78 @@ class JobView {
     fill(
       this.main,
       backLink(),
-      h("div.page-head", {}, h("div.title-block", {}, h("div.title-line", {}, el.title, el.status), el.subtitle), h("div.actions", {}, el.downloadNote, el.cancel, el.download)),
+      h(
+        "div.page-head",
+        {},
+        h("div.title-block", {}, h("div.title-line", {}, el.title, el.status), el.subtitle),
+        h("div.actions", {}, el.downloadNote, el.cancel, el.download),
+      ),
       el.flash,
       el.error,
       h(
         "div.stats",
         {},
         h("section.card.stat.stat-wide", {}, h("div.stat-label", {}, "Progress"), el.progress),
-        h("section.card.stat", {}, h("div.stat-label", {}, "Tokens / s"), el.speed, h("div.sub", {}, "at the last logged step")),
+        h(
+          "section.card.stat",
+          {},
+          h("div.stat-label", {}, "Tokens / s"),
+          el.speed,
+          h("div.sub", {}, "at the last logged step"),
+        ),
         h("section.card.stat", {}, h("div.stat-label", {}, "Trained tokens"), el.tokens, el.tokensSub),
         h("section.card.stat", {}, h("div.stat-label", {}, "Duration"), el.duration, el.durationSub),
       ),
       h(
         "section.card",
         {},
-        h("div.card-head", {}, h("h2", {}, "Loss"), h("span.muted", {}, "training loss per logged step · validation loss per checkpoint · learning rate (right axis)"), h("label.toggle", {}, el.logScale, " Log scale")),
+        h(
+          "div.card-head",
+          {},
+          h("h2", {}, "Loss"),
+          h(
+            "span.muted",
+            {},
+            "training loss per logged step · validation loss per checkpoint · learning rate (right axis)",
+          ),
+          h("label.toggle", {}, el.logScale, " Log scale"),
+        ),
         h("div.card-body", {}, el.chart),
       ),
       h(
         "div.grid-2",
         {},
-        h("section.card", {}, h("div.card-head", {}, h("h2", {}, "Hyperparameters")), h("div.card-body", {}, el.hyperparameters)),
+        h(
+          "section.card",
+          {},
+          h("div.card-head", {}, h("h2", {}, "Hyperparameters")),
+          h("div.card-body", {}, el.hyperparameters),
+        ),
         h("section.card", {}, h("div.card-head", {}, h("h2", {}, "Job")), h("div.card-body", {}, el.details)),
       ),
-      h("section#token-report.card", {}, h("div.card-head", {}, h("h2", {}, "Data"), h("span.muted", {}, "tokens counted by the validation stage with the base model's tokenizer")), el.report),
+      h(
+        "section#token-report.card",
+        {},
+        h(
+          "div.card-head",
+          {},
+          h("h2", {}, "Data"),
+          h("span.muted", {}, "tokens counted by the validation stage with the base model's tokenizer"),
+        ),
+        el.report,
+      ),
       h("section#checkpoints.card", {}, h("div.card-head", {}, h("h2", {}, "Checkpoints")), el.checkpoints),
       el.samples,
       h(
         "section#events.card",
         {},
-        h("div.card-head", {}, h("h2", {}, "Events ", el.eventCount), el.mode, h("label.toggle", {}, el.hideMetrics, " Hide metrics")),
+        h(
+          "div.card-head",
+          {},
+          h("h2", {}, "Events ", el.eventCount),
+          el.mode,
+          h("label.toggle", {}, el.hideMetrics, " Hide metrics"),
+        ),
         h("div.card-body.events-body", {}, el.events),
       ),
     );
@@ -220,54 +274,39 @@ class JobView {
     el.subtitle.textContent = [job.fine_tuned_model || job.user_provided_suffix, job.model].filter(Boolean).join(" · ");
     el.cancel.hidden = !ACTIVE.has(job.status);
     el.download.disabled = job.status !== "succeeded";
-    el.download.title = job.status === "succeeded" ? "The trained adapter as a .tar.gz" : "The adapter can be downloaded once the job has succeeded";
+    el.download.title =
+      job.status === "succeeded"
+        ? "The trained adapter as a .tar.gz"
+        : "The adapter can be downloaded once the job has succeeded";
     fill(el.error, job.error ? notice("error", `Job ${job.status}: ${job.error.code}`, job.error.message) : null);
     this.renderProgress();
     el.tokens.textContent = formatNumber(job.trained_tokens);
     el.tokensSub.textContent = job.estimated_tokens ? `of ${formatNumber(job.estimated_tokens)} estimated` : "";
     el.duration.textContent = formatDuration(jobDuration(job));
-    el.durationSub.textContent = job.finished_at ? `finished ${formatDate(job.finished_at)}` : `created ${formatDate(job.created_at)}`;
-    fill(el.hyperparameters, Object.entries(job.hyperparameters || {}).map(([key, value]) => [h("dt", {}, key), h("dd.mono", {}, formatValue(value))]));
-    const rows = [
-      ["Model", job.model],
-      ["Fine-tuned model", job.fine_tuned_model],
-      ["Training file", job.training_file],
-      ["Validation file", job.validation_file],
-      ["Seed", job.seed],
-      ["Suffix", job.user_provided_suffix],
-      ["Created", formatDate(job.created_at)],
-      ["Finished", job.finished_at ? formatDate(job.finished_at) : null],
-      ...Object.entries(job.metadata || {}).map(([key, value]) => [`metadata.${key}`, value]),
-    ];
-    fill(el.details, rows.filter(([, value]) => value !== null && value !== undefined).map(([key, value]) => [h("dt", {}, key), h("dd.mono", {}, String(value))]));
+    el.durationSub.textContent = job.finished_at
+      ? `finished ${formatDate(job.finished_at)}`
+      : `created ${formatDate(job.created_at)}`;
+    fill(
+      el.hyperparameters,
+      Object.entries(job.hyperparameters || {}).map(([key, value]) => [
+        h("dt", {}, key),
+        h("dd.mono", {}, formatValue(value)),
+      ]),
+    );
+    fill(
+      el.details,
+      detailRows(job).map(([key, value]) => [h("dt", {}, key), h("dd.mono", {}, String(value))]),
+    );
   }
 
   renderProgress() {
-    const job = this.job;
-    const now = Date.now() / 1000;
-    let fraction = 0;
-    let label = "";
-    let eta = "";
-    if (job.status === "validating_files") {
-      const progress = job.validation_progress;
-      label = "Checking the files";
-      if (progress) {
-        fraction = progress.bytes_total ? progress.bytes_done / progress.bytes_total : 0;
-        label = `Checking the ${progress.file} file: ${formatNumber(progress.rows_done)}${progress.rows_estimated ? ` of ~${formatNumber(progress.rows_estimated)}` : ""} examples`;
-        if (progress.eta_seconds !== null) eta = `about ${formatDuration(progress.eta_seconds)} left`;
-      }
-    } else if (job.total_steps) {
-      fraction = job.completed_steps / job.total_steps;
-      label = `Step ${formatNumber(job.completed_steps)} of ${formatNumber(job.total_steps)} (${Math.floor(fraction * 100)}%)`;
-      if (ACTIVE.has(job.status) && job.estimated_finish) {
-        eta = `ETA ${formatClock(job.estimated_finish)} · ${formatDuration(Math.max(0, job.estimated_finish - now))} left`;
-      }
-    } else if (job.status === "queued") {
-      label = "Waiting for a worker";
-    }
-    if (job.status === "succeeded") fraction = 1;
-    this.el.progress.dataset.status = job.status;
-    fill(this.el.progress, progressBar(fraction), h("div.progress-text", {}, h("span#progress-steps", {}, label || job.status), h("span#eta.muted", {}, eta)));
+    const { fraction, label, eta } = progressSummary(this.job);
+    this.el.progress.dataset.status = this.job.status;
+    fill(
+      this.el.progress,
+      progressBar(fraction),
+      h("div.progress-text", {}, h("span#progress-steps", {}, label), h("span#eta.muted", {}, eta)),
+    );
   }
 
   // ------------------------------------------------------------------ events
@@ -279,7 +318,8 @@ class JobView {
       chartChanged = this.series.addEvent(event) || chartChanged;
       if (event.data?.file && event.data.examples !== undefined) this.reports[event.data.file] = event.data;
       if (event.message.startsWith("Checkpoint created")) checkpointSeen = true;
-      if (typeof event.data?.tokens_per_second === "number") this.el.speed.textContent = formatNumber(event.data.tokens_per_second);
+      if (typeof event.data?.tokens_per_second === "number")
+        this.el.speed.textContent = formatNumber(event.data.tokens_per_second);
     }
     if (chartChanged) this.chart.update();
     if (checkpointSeen) this.loadCheckpoints();
@@ -312,31 +352,7 @@ class JobView {
     const files = this.files || {};
     const roles = ["training", "validation"].filter((role) => files[role] || this.reports[role]);
     const reportOf = (role) => this.reports[role] || files[role]?.token_reports?.[this.job.model] || null;
-    if (!roles.some(reportOf)) return;
-    const cell = (role, render) => {
-      const report = reportOf(role);
-      return h("td.num", {}, report ? render(report) : "–");
-    };
-    const finding = (item) => (item && item.count ? `${item.count} (line${item.count > 1 ? "s" : ""} ${item.lines.join(", ")}${item.count > item.lines.length ? ", …" : ""}): ${item.action}` : "none");
-    fill(
-      this.el.report,
-      h(
-        "div.table-wrap",
-        {},
-        h(
-          "table.table.report-table",
-          {},
-          h("thead", {}, h("tr", {}, h("th", {}, ""), roles.map((role) => h("th.num", {}, `${role[0].toUpperCase()}${role.slice(1)} file`, h("div.sub.mono", {}, files[role] ? `${files[role].filename} · ${files[role].id}` : ""))))),
-          h(
-            "tbody",
-            {},
-            REPORT_ROWS.map(([key, label]) => h("tr", {}, h("th", {}, label), roles.map((role) => cell(role, (r) => formatNumber(r[key]))))),
-            h("tr", {}, h("th", {}, "Longer than max_seq_length"), roles.map((role) => cell(role, (r) => finding(r.long_examples)))),
-            h("tr", {}, h("th", {}, "Nothing to learn (skipped)"), roles.map((role) => cell(role, (r) => finding(r.unsupervised_examples)))),
-          ),
-        ),
-      ),
-    );
+    if (roles.some(reportOf)) fill(this.el.report, tokenReportTable(roles, files, reportOf));
   }
 
   // ------------------------------------------------------------------ checkpoints
@@ -344,45 +360,26 @@ class JobView {
     try {
       this.checkpoints = await listAll(`${this.path}/checkpoints`, { signal: this.controller.signal });
     } catch (error) {
-      if (!this.controller.signal.aborted) fill(this.el.checkpoints, notice("error", "The checkpoints could not be loaded", error.message));
+      if (!this.controller.signal.aborted)
+        fill(this.el.checkpoints, notice("error", "The checkpoints could not be loaded", error.message));
       return;
     }
     for (const checkpoint of this.checkpoints) this.series.addCheckpoint(checkpoint);
     this.chart.update();
     if (!this.checkpoints.length) {
-      const text = ACTIVE.has(this.job.status) ? "None yet: one is saved every save_steps steps." : "This job saved no checkpoints.";
+      const text = ACTIVE.has(this.job.status)
+        ? "None yet: one is saved every save_steps steps."
+        : "This job saved no checkpoints.";
       fill(this.el.checkpoints, h("p.muted", {}, text));
       return;
     }
-    const metric = (checkpoint, key) => formatValue(checkpoint.metrics?.[key]);
-    fill(
-      this.el.checkpoints,
-      h(
-        "div.table-wrap",
-        {},
-        h(
-          "table.table.checkpoints-table",
-          {},
-          h("thead", {}, h("tr", {}, h("th.num", {}, "Step"), h("th.hide-sm", {}, "Name"), h("th.num", {}, "Train loss"), h("th.num", {}, "Validation loss"), h("th.hide-sm", {}, "Created"), h("th", {}, ""))),
-          h(
-            "tbody",
-            {},
-            this.checkpoints.map((checkpoint) =>
-              h(
-                "tr",
-                { "data-checkpoint-id": checkpoint.id },
-                h("td.num", {}, formatNumber(checkpoint.step_number)),
-                h("td.hide-sm.mono.sub", {}, checkpoint.fine_tuned_model_checkpoint),
-                h("td.num", {}, metric(checkpoint, "train_loss")),
-                h("td.num", {}, metric(checkpoint, "valid_loss")),
-                h("td.hide-sm", {}, formatDate(checkpoint.created_at)),
-                h("td.actions", {}, this.downloadButton(`${this.path}/checkpoints/${checkpoint.id}/adapter`, `${this.jobId}-step-${checkpoint.step_number}-adapter.tar.gz`, "Download")),
-              ),
-            ),
-          ),
-        ),
-      ),
-    );
+    const download = (checkpoint) =>
+      this.downloadButton(
+        `${this.path}/checkpoints/${checkpoint.id}/adapter`,
+        `${this.jobId}-step-${checkpoint.step_number}-adapter.tar.gz`,
+        "Download",
+      );
+    fill(this.el.checkpoints, checkpointsTable(this.checkpoints, download));
   }
 
   // ------------------------------------------------------------------ downloads and cancel
@@ -414,7 +411,11 @@ class JobView {
   }
 
   async cancel() {
-    const sure = await confirmAction(`Cancel ${this.jobId}?`, "A running job stops at its next training step; its checkpoints are kept and stay downloadable.", "Cancel job");
+    const sure = await confirmAction(
+      `Cancel ${this.jobId}?`,
+      "A running job stops at its next training step; its checkpoints are kept and stay downloadable.",
+      "Cancel job",
+    );
     if (!sure) return;
     this.el.cancel.disabled = true;
     try {
@@ -430,33 +431,39 @@ class JobView {
   async loadResults() {
     if (this.resultsShown || !this.job.result_files?.length) return;
     this.resultsShown = true;
-    const records = await Promise.all(this.job.result_files.map((id) => this.get(`/v1/files/${encodeURIComponent(id)}`).catch(() => null)));
+    const records = await Promise.all(
+      this.job.result_files.map((id) => this.get(`/v1/files/${encodeURIComponent(id)}`).catch(() => null)),
+    );
     const files = records.filter(Boolean);
     const samplesFile = files.find((file) => file.filename === "samples.jsonl");
     let samples = [];
     if (samplesFile) {
       try {
-        const response = await fetch(`/v1/files/${samplesFile.id}/content`, { headers: authHeaders(), signal: this.controller.signal });
+        const response = await fetch(`/v1/files/${samplesFile.id}/content`, {
+          headers: authHeaders(),
+          signal: this.controller.signal,
+        });
         if (!response.ok) throw await errorOf(response);
-        samples = (await response.text()).split("\n").filter(Boolean).map((line) => JSON.parse(line));
-      } catch (error) {
+        samples = (await response.text())
+          .split("\n")
+          .filter(Boolean)
+          .map((line) => JSON.parse(line));
+      } catch {
         if (this.controller.signal.aborted) return;
         samples = null;
       }
     }
-    const fileButtons = files.map((file) => this.downloadButton(`/v1/files/${file.id}/content`, file.filename, `${file.filename} (${formatBytes(file.bytes)})`));
+    const fileButtons = files.map((file) =>
+      this.downloadButton(
+        `/v1/files/${file.id}/content`,
+        file.filename,
+        `${file.filename} (${formatBytes(file.bytes)})`,
+      ),
+    );
     fill(
       this.el.samples,
       h("div.card-head", {}, h("h2", {}, "Samples: base model vs adapter"), h("div.actions", {}, fileButtons)),
-      h(
-        "div.card-body",
-        {},
-        samples === null
-          ? notice("error", "The samples could not be read", "samples.jsonl did not load.")
-          : samples.length
-            ? samples.map(sampleCard)
-            : h("p.muted", {}, "Samples are written when a job has a validation file. The result files are above."),
-      ),
+      h("div.card-body", {}, samplesBody(samples)),
     );
     this.el.samples.hidden = false;
   }
@@ -464,30 +471,4 @@ class JobView {
 
 function backLink() {
   return h("a.back", { href: "/ui/", "data-link": true }, "← All jobs");
-}
-
-function eventItem(event) {
-  return h(
-    `li.event.level-${event.level}`,
-    { "data-event-id": event.id, "data-type": event.type },
-    h("time", { datetime: new Date(event.created_at * 1000).toISOString(), title: formatDate(event.created_at) }, formatClock(event.created_at)),
-    h(`span.level`, {}, event.type === "metrics" ? "metrics" : event.level),
-    h("span.message", {}, event.message),
-  );
-}
-
-function sampleCard(sample, index) {
-  const prompt = sample.prompt || [];
-  return h(
-    "article.sample",
-    {},
-    h("div.sample-prompt", {}, h("div.sample-label", {}, `Prompt ${index + 1}`), prompt.map((message) => h("div.turn", {}, h("span.role", {}, message.role), h("span", {}, message.content)))),
-    h("div.sample-ref", {}, h("div.sample-label", {}, "Reference"), h("p", {}, sample.reference)),
-    h(
-      "div.sample-compare",
-      {},
-      h("div.sample-answer.base", {}, h("div.sample-label", {}, "Base model"), h("p", {}, sample.base || "(empty)")),
-      h("div.sample-answer.adapter", {}, h("div.sample-label", {}, "With the adapter"), h("p", {}, sample.adapter || "(empty)")),
-    ),
-  );
 }

@@ -1,7 +1,18 @@
 // The jobs list: newest first, refreshed every few seconds while the tab is visible.
 
 import { api } from "../api.js";
-import { ACTIVE, fill, formatAgo, formatDate, formatDuration, h, jobDuration, notice, progressBar, statusChip } from "../dom.js";
+import {
+  ACTIVE,
+  fill,
+  formatAgo,
+  formatDate,
+  formatDuration,
+  h,
+  jobDuration,
+  notice,
+  progressBar,
+  statusChip,
+} from "../dom.js";
 
 const REFRESH_SECONDS = 3;
 const PAGE = 20;
@@ -12,7 +23,11 @@ export function renderJobs(main, { navigate }) {
   const body = h("div.card-body", {}, h("div.loading", {}, "Loading jobs…"));
   fill(
     main,
-    h("div.page-head", {}, h("div", {}, h("h1", {}, "Fine-tuning jobs ", count), h("p.muted", {}, "Every job of this key, newest first."))),
+    h(
+      "div.page-head",
+      {},
+      h("div", {}, h("h1", {}, "Fine-tuning jobs ", count), h("p.muted", {}, "Every job of this key, newest first.")),
+    ),
     h("section.card", {}, body),
   );
 
@@ -48,12 +63,29 @@ export function renderJobs(main, { navigate }) {
         h(
           "table.table.jobs-table",
           {},
-          h("thead", {}, h("tr", {}, h("th", {}, "Job"), h("th", {}, "Status"), h("th.hide-sm", {}, "Model"), h("th.hide-sm", {}, "Created"), h("th.num.hide-sm", {}, "Duration"), h("th.progress-col", {}, "Progress"))),
+          h(
+            "thead",
+            {},
+            h(
+              "tr",
+              {},
+              h("th", {}, "Job"),
+              h("th", {}, "Status"),
+              h("th.hide-sm", {}, "Model"),
+              h("th.hide-sm", {}, "Created"),
+              h("th.num.hide-sm", {}, "Duration"),
+              h("th.progress-col", {}, "Progress"),
+            ),
+          ),
           h("tbody", {}, rows),
         ),
       ),
       page.has_more && shown < 100
-        ? h("div.table-foot", {}, h("button.button", { type: "button", onclick: () => ((shown += PAGE), refresh()) }, "Show more"))
+        ? h(
+            "div.table-foot",
+            {},
+            h("button.button", { type: "button", onclick: () => ((shown += PAGE), refresh()) }, "Show more"),
+          )
         : null,
     );
   }
@@ -73,11 +105,20 @@ function jobRow(job, navigate) {
     if (!event.target.closest("a")) navigate(href);
   };
   const name = job.fine_tuned_model || job.user_provided_suffix;
-  const steps = job.total_steps ? `${job.completed_steps} / ${job.total_steps} steps` : job.status === "validating_files" ? "checking files" : "–";
+  const steps = job.total_steps
+    ? `${job.completed_steps} / ${job.total_steps} steps`
+    : job.status === "validating_files"
+      ? "checking files"
+      : "–";
   const fraction = job.total_steps ? job.completed_steps / job.total_steps : job.status === "succeeded" ? 1 : 0;
   return h(
     "tr",
-    { "data-job-id": job.id, "data-status": job.status, class: ACTIVE.has(job.status) ? "active" : null, onclick: open },
+    {
+      "data-job-id": job.id,
+      "data-status": job.status,
+      class: ACTIVE.has(job.status) ? "active" : null,
+      onclick: open,
+    },
     h("td", {}, h("a.job-link.mono", { href, "data-link": true }, job.id), name ? h("div.sub", {}, name) : null),
     h("td", {}, statusChip(job.status)),
     h("td.hide-sm", {}, job.model),

@@ -53,7 +53,10 @@ export function renderSignIn(main, { message, onSignedIn }) {
       signIn(key);
       onSignedIn();
     } catch (error) {
-      const text = error instanceof ApiError && error.status === 401 ? `${error.message} Check the key and try again.` : error.message;
+      const text =
+        error instanceof ApiError && error.status === 401
+          ? `${error.message} Check the key and try again.`
+          : error.message;
       show("error", text);
       button.disabled = false;
       input.select();
