@@ -12,6 +12,7 @@ from api.auth import PrincipalCache
 from api.errors import install_error_handlers
 from api.job_reads import JobReader
 from api.routes import files, health, jobs, metrics, models
+from api.routes.dashboard import install_dashboard
 from api.schemas import error_responses
 from loraq import __version__
 from loraq.settings import Settings, get_settings
@@ -42,5 +43,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router, responses=error_responses(400, 401, 404, 413, 500))
     app.include_router(jobs.router, responses=error_responses(400, 401, 404, 429, 500))
     app.include_router(models.router, responses=error_responses(400, 401, 404, 500))
+    install_dashboard(app)
     logging.getLogger("loraq").setLevel(logging.INFO)
     return app

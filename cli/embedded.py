@@ -75,6 +75,7 @@ def run_embedded(host: str, port: int, data_dir: Path) -> int:
         wait_healthy(f"{base}/healthz", children)
         print(
             f"\nloraq is up at {base}/v1  (data: {data_dir})\n"
+            f"Dashboard: {base}/ui/  (sign in with the API key)\n"
             f"API key: {key}\n"
             f"  export OPENAI_BASE_URL={base}/v1 OPENAI_API_KEY={key}\n"
             "Press Ctrl-C to stop.\n",
