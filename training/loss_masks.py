@@ -193,7 +193,7 @@ def encode_with_masks(tokenizer, conversations: list[list[dict]], train_on_input
         return []
     encoded = tokenizer(
         texts, add_special_tokens=False, return_offsets_mapping=not train_on_inputs,
-        return_attention_mask=False, return_token_type_ids=False,
+        return_attention_mask=False, return_token_type_ids=False, verbose=False,  # long rows are reported, not warned
     )  # fmt: skip
     ids = [np.asarray(row, dtype=np.int64) for row in encoded["input_ids"]]
     if train_on_inputs:

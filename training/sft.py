@@ -94,7 +94,7 @@ def load_rows(config: TrainingConfig, tokenizer, role: str):
         hp.max_seq_length, hp.train_on_inputs, processes=os.cpu_count() or 1,
     )  # fmt: skip
     how = "reusing the tokenized rows at" if found.reused else "tokenized into"
-    logger.info("%s file: %s %s (%.1f s)", role, how, found.path, time.monotonic() - started)
+    logger.info("%s file: %s %s (%.2f s)", role, how, found.path, time.monotonic() - started)
     return open_tokenized(found.path).select_columns(["input_ids", "labels"])
 
 

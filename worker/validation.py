@@ -139,8 +139,8 @@ def validate_job(job_id: str, settings: Settings, node: str | None = None) -> st
             if role in reused:
                 add_event(
                     session, job_id,
-                    f"{role.capitalize()} file: reusing its tokenized rows from an earlier validation (the same "
-                    "file, tokenizer and settings)", data={"file": role, "tokenized": reused[role]},
+                    f"Reusing the {role} file's tokenized rows from an earlier validation (the same file, "
+                    "tokenizer and settings)", data={"file": role, "tokenized": reused[role]},
                 )  # fmt: skip
             add_event(session, job_id, describe(report, role), kind="message", data={"file": role, **report})
             _keep_report(session, file_ids[role], model, report)

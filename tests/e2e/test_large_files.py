@@ -1,7 +1,8 @@
 """Validating a large file on the real service (PostgreSQL, redis-server, the API, two validators and a
 worker): progress while the file is read, a cancel or a stopping validator ends the validation within
 seconds, and a validator killed mid-file is replaced once its lease expires, never two validators on one
-job at once."""
+job at once. A file of a few megabytes is tokenized once, by the validator: training memory-maps its rows,
+a second job on it reuses them, and deleting the file deletes them."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.facts import chat_rows
 
 pytestmark = pytest.mark.e2e
 
-ROWS = 4000  # about 0.6 MB: a few seconds of tokenizing, reported every 0.3 s here
+ROWS = 8000  # about 1.2 MB: a few seconds of tokenizing, reported every 0.3 s here
 ONE_STEP = {"n_epochs": 1, "max_steps": 1, "gradient_accumulation_steps": 1}
 PROGRESS = re.compile(r"^Validating training file: [\d,]+ of ~[\d,]+ rows, .+ of .+, about .+ left$")
 VALIDATED = ("queued", "running", "succeeded")
@@ -41,8 +42,9 @@ def client(stack):
         yield c
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def large_file(client) -> tuple[str, int]:
+    """Uploaded afresh for each test: a new file has no tokenized rows yet, so it is read from the start."""
     content = "".join(json.dumps(row) + "\n" for row in chat_rows() * (ROWS // len(chat_rows()))).encode()
     return upload_ok(client, content), len(content)
 
@@ -148,3 +150,38 @@ def test_a_stopping_validator_hands_the_job_back(stack, client, large_file):
     first, second = claims(events(client, job["id"]))
     assert first["data"]["pid"] == pid and second["data"]["pid"] != pid
     restart_validator(stack, label)
+
+
+def test_a_few_megabytes_are_tokenized_once_by_the_validator(stack, client, tmp_path):
+    from bench.data_scale import write_chat_file
+
+    content = write_chat_file(tmp_path / "chat.jsonl", 3_000_000).read_bytes()
+    file_id = upload_ok(client, content)
+    folder = stack.folder / "storage" / "tokenized" / file_id
+    steps = {"n_epochs": 1, "max_steps": 3, "gradient_accumulation_steps": 1}
+    first = create_job(client, file_id, hyperparameters=steps).json()
+    done = wait_for(client, first["id"], timeout=300)
+    assert done["status"] == "succeeded" and done["completed_steps"] == 3, done["error"]
+    rows = sorted(folder.glob("*.arrow"))
+    assert len(rows) == 1 and rows[0].with_suffix(".json").is_file()
+    log = (stack.folder / "storage" / "jobs" / first["id"] / "train.log").read_text()
+    assert f"train file: reusing the tokenized rows at {rows[0]}" in log  # memory-mapped, not tokenized again
+    history = events(client, first["id"])
+    assert not [e for e in history if e["message"].startswith("Reusing")]  # tokenized by this one
+    report = next(e["data"] for e in history if e["message"].startswith("Training file:"))
+    assert report["examples"] == content.count(b"\n") and report["long_examples"]["count"] > 0
+
+    second = create_job(client, file_id, hyperparameters={**steps, "max_steps": 1}).json()
+    again = wait_for(client, second["id"], timeout=300)
+    assert again["status"] == "succeeded", again["error"]
+    history = events(client, second["id"])
+    reused = [e for e in history if e["message"].startswith("Reusing")]
+    assert [e["message"] for e in reused] == [
+        "Reusing the training file's tokenized rows from an earlier validation (the same file, tokenizer and settings)"
+    ]
+    assert not progress_events(history)  # nothing read again
+    assert next(e["data"] for e in history if e["message"].startswith("Training file:")) == report
+    assert sorted(folder.glob("*.arrow")) == rows
+
+    assert client.delete(f"/v1/files/{file_id}").json()["deleted"] is True
+    assert not folder.exists()
