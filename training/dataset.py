@@ -211,6 +211,7 @@ def _start_process(tokenizer, max_length: int | None, train_on_inputs: bool, id_
     closes the pool), and the kernel kills the process if the fork server, hence the parent, is gone."""
     global _process_job
     _process_job = (tokenizer, max_length, train_on_inputs, id_type)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism; threads would contend
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import ctypes

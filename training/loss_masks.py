@@ -149,14 +149,11 @@ def _learn_markers(tokenizer) -> ReplyMarkers | None:
         return None
 
 
-def conversation_spans(tokenizer, messages: list[dict], markers: ReplyMarkers | None) -> tuple[str, list]:
-    """assistant_spans, from one render where the template's markers find every reply."""
-    if markers is not None:
-        text = _render(tokenizer, messages, generation_prompt=False)
-        spans = markers.spans(text, messages)
-        if spans is not None:
-            return text, spans
-    return assistant_spans(tokenizer, messages)
+def conversation_spans(tokenizer, messages: list[dict], text: str, markers: ReplyMarkers | None) -> list:
+    """assistant_spans' spans of `text` (the conversation rendered): found in it by the template's markers
+    where they place every reply, else by the incremental render."""
+    spans = markers.spans(text, messages) if markers is not None else None
+    return spans if spans is not None else assistant_spans(tokenizer, messages)[1]
 
 
 def span_labels(input_ids: np.ndarray, offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
@@ -177,20 +174,18 @@ def encode_with_masks(tokenizer, conversations: list[list[dict]], train_on_input
     """(input_ids, labels) as int64 arrays, whole (not truncated), for a batch of conversations: one batched
     tokenizer call. Exactly tokenize_with_mask's, which a test checks for every template shape; MaskError
     carries `index`, the first conversation that cannot be masked (the ones before it are not encoded)."""
-    texts, spans = [], []
-    for index, messages in enumerate(conversations):
+    if not conversations:
+        return []
+    texts = tokenizer.apply_chat_template(conversations, tokenize=False, add_generation_prompt=False)  # a batch
+    spans, markers = [], reply_markers(tokenizer)
+    for index, (messages, text) in enumerate(zip(conversations, texts, strict=True)):
         if train_on_inputs:
-            texts.append(_render(tokenizer, messages, False))
-            continue
+            break
         try:
-            text, found = conversation_spans(tokenizer, messages, reply_markers(tokenizer))
+            spans.append(conversation_spans(tokenizer, messages, text, markers))
         except MaskError as exc:
             exc.index = index  # type: ignore[attr-defined]
             raise
-        texts.append(text)
-        spans.append(found)
-    if not texts:
-        return []
     encoded = tokenizer(
         texts, add_special_tokens=False, return_offsets_mapping=not train_on_inputs,
         return_attention_mask=False, return_token_type_ids=False, verbose=False,  # long rows are reported, not warned
