@@ -45,16 +45,15 @@ WORDS = " ".join(
     )
 ).split(" ")
 SYLLABLES = ["ka", "lo", "mi", "ren", "tu", "sha", "vo", "pe", "dri", "nul", "qua", "zet", "bo", "fi", "gra", "ux"]
+_made_up = random.Random(1)
+VOCABULARY = WORDS * 12 + ["".join(_made_up.choices(SYLLABLES, k=_made_up.randint(1, 3))) for _ in range(2000)]
 
 
 def chat_row(rng: random.Random) -> dict:
-    """One generated conversation: common words and made-up ones (which the tiny tokenizer splits finely)."""
+    """One generated conversation of common words and (four in five) made-up ones."""
 
     def text(words: int) -> str:
-        return " ".join(
-            rng.choice(WORDS) if rng.random() < 0.5 else "".join(rng.choices(SYLLABLES, k=rng.randint(1, 3)))
-            for _ in range(words)
-        )
+        return " ".join(rng.choices(VOCABULARY, k=words))
 
     messages = [{"role": "system", "content": "You are a helpful assistant."}] if rng.random() < 0.3 else []
     for _ in range(rng.choice((1, 1, 2))):

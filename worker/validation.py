@@ -214,6 +214,12 @@ def _check(
                 code="invalid_chat_template",
                 param=f"{role}_file",
             ) from None
+        except OSError as exc:  # the file unreadable, or no room for its tokenized rows
+            raise ValidationFailure(
+                f"Reading the {role} file or writing its tokenized rows on shared storage failed: {exc}. The "
+                "operator must free or repair the storage, then resubmit.",
+                code="storage_error",
+            ) from None
         reports[role] = found.report
         if found.reused:
             reused[role] = found.path.name

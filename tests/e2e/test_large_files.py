@@ -12,6 +12,7 @@ import re
 import signal
 import time
 
+import psutil
 import pytest
 
 from tests.deployments import loraq, production
@@ -20,7 +21,8 @@ from tests.facts import chat_rows
 
 pytestmark = pytest.mark.e2e
 
-ROWS = 8000  # about 1.2 MB: a few seconds of tokenizing, reported every 0.3 s here
+# About 2.4 MB: a few seconds of tokenizing, reported every 0.3 s here, by a pool of processes (from 2 MB).
+ROWS = 16000
 ONE_STEP = {"n_epochs": 1, "max_steps": 1, "gradient_accumulation_steps": 1}
 PROGRESS = re.compile(r"^Validating training file: [\d,]+ of ~[\d,]+ rows, .+ of .+, about .+ left$")
 VALIDATED = ("queued", "running", "succeeded")
@@ -67,6 +69,11 @@ def first_progress(stack, client, job_id: str) -> tuple[str, int]:
     return next(label for label, p in stack.processes.items() if p.pid == pid), pid
 
 
+def tokenizing_processes(pid: int) -> list[psutil.Process]:
+    """The validator's pool processes: the children of its fork server, itself a child of the validator."""
+    return [process for child in psutil.Process(pid).children() for process in child.children()]
+
+
 def restart_validator(stack, label: str) -> None:
     stack.processes.pop(label, None)
     stack.start_process(label, loraq("validator", "--name", label))
@@ -103,10 +110,11 @@ def test_progress_while_a_large_file_is_validated(stack, client, large_file):
 
 def test_cancel_during_validation_stops_the_validator_within_seconds(stack, client, large_file):
     job = create_job(client, large_file[0], hyperparameters=ONE_STEP).json()
-    label, _ = first_progress(stack, client, job["id"])
+    label, pid = first_progress(stack, client, job["id"])
+    assert tokenizing_processes(pid)
     assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
     cancelled = time.monotonic()
-    while f"job {job['id']}: validation stopped (cancelled)" not in stack.log(label):
+    while f"job {job['id']}: validation stopped (cancelled)" not in stack.log(label) or tokenizing_processes(pid):
         assert time.monotonic() - cancelled < 5, stack.log(label)[-2000:]
         time.sleep(0.1)
     time.sleep(1)
@@ -120,7 +128,11 @@ def test_cancel_during_validation_stops_the_validator_within_seconds(stack, clie
 def test_a_validator_killed_mid_file_is_replaced_once_its_lease_expires(stack, client, large_file):
     job = create_job(client, large_file[0], hyperparameters=ONE_STEP).json()
     label, pid = first_progress(stack, client, job["id"])
+    descendants = psutil.Process(pid).children(recursive=True)
+    assert tokenizing_processes(pid)
     os.kill(pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(descendants, timeout=10)
+    assert not alive  # its fork server saw it die and exited; the kernel killed the pool processes with it
     validated = wait_for(client, job["id"], until=VALIDATED, timeout=120)
     assert validated["status"] in VALIDATED, validated["error"]
     client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")  # no need to train it
