@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 # Raised whenever the rows a given input produces change (the tokenization, the masks, the columns).
 FORMAT_VERSION = 1
+BATCH_BYTES = 64 << 20
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -92,16 +93,31 @@ class TokenizedWriter:
         self.staging = Path(name)
         self._sink = pa.OSFile(str(self.staging), "wb")
         self._writer = pa.ipc.new_stream(self._sink, row_schema(self.id_type))
+        self._pending: list[Any] = []
+        self._pending_bytes = 0
         self.rows = 0
 
     def write_batch(self, batch: Any) -> None:
-        """Append a pyarrow RecordBatch of this schema (training.dataset.rows_batch)."""
+        """Append a pyarrow RecordBatch of this schema (training.dataset.rows_batch). Batches are gathered
+        into ones of about BATCH_BYTES: each batch's header is read when the file is opened, and the page
+        faults of reading many small ones would map much of the file into the reader's memory."""
         if batch.num_rows:
-            self._writer.write_batch(batch)
+            self._pending.append(batch)
+            self._pending_bytes += batch.nbytes
             self.rows += batch.num_rows
+        if self._pending_bytes >= BATCH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._pending:
+            self._writer.write_batch(pa.concat_batches(self._pending))
+            self._pending, self._pending_bytes = [], 0
 
     def commit(self) -> Path:
         """Close the file, flush it to disk and rename it into place."""
+        self._flush()
         self._writer.close()
         self._sink.close()
         fsync_rename(self.staging, self.final)
