@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 # Raised whenever the rows a given input produces change (the tokenization, the masks, the columns).
 FORMAT_VERSION = 1
-BATCH_BYTES = 64 << 20
+BATCH_BYTES = 32 << 20  # held by the writer until written: a little memory, few batches
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
