@@ -21,7 +21,10 @@ class DatasetFormatError(ValueError):
 
     def __init__(self, line: int, message: str):
         super().__init__(f"line {line}: {message}")
-        self.line = line
+        self.line, self.reason = line, message
+
+    def __reduce__(self):  # raised in a process that tokenizes part of a file, re-raised by its parent
+        return type(self), (self.line, self.reason)
 
 
 @dataclass

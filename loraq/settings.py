@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -46,6 +47,12 @@ class Settings(BaseSettings):
     )
     lease_seconds: int = Field(
         60, ge=2, description="How long a worker's (or a validator's) claim on a job lasts unrenewed"
+    )
+    validator_processes: int | None = Field(
+        None,
+        ge=1,
+        description="Processes one validation tokenizes a large file with (default: the machine's cores); "
+        "a validator validating --concurrency jobs at once may use that many times this",
     )
     validation_progress_seconds: float = Field(
         10, gt=0, description="How often a validator reports its progress through a large file (an event)"
@@ -95,6 +102,10 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_root(self) -> Path:
         return (self.storage_root or self.data_dir / "storage").resolve()
+
+    @property
+    def resolved_validator_processes(self) -> int:
+        return self.validator_processes or os.cpu_count() or 1
 
     @property
     def model_cache_dir(self) -> Path:

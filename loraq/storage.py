@@ -72,6 +72,11 @@ class Storage:
     def file_path(self, file_id: str) -> Path:
         return self.root / "files" / f"{file_id}.jsonl"
 
+    def tokenized_dir(self, file_id: str) -> Path:
+        """An upload's tokenized copies (training.tokenized), one per tokenizer and settings; they go with
+        the file."""
+        return self.root / "tokenized" / file_id
+
     def staging_file(self, folder: str) -> Path:
         """A new empty temporary file inside `folder` (same filesystem as its final name)."""
         directory = self.root / folder

@@ -21,6 +21,19 @@ class TrainingConfig(BaseModel):
     model_cache_dir: str | None = Field(None, description="Where the built-in tiny model is generated")
     train_path: str = Field(description="Training JSONL (chat `messages` rows)")
     eval_path: str | None = Field(None, description="Optional validation JSONL")
+    train_sha256: str | None = Field(
+        None, description="The training file's sha256 as recorded at upload (hashed from the file when not given)"
+    )
+    eval_sha256: str | None = Field(None, description="The validation file's sha256 (hashed when not given)")
+    train_tokenized_dir: str | None = Field(
+        None,
+        description="Folder of the training file's tokenized copies (training.tokenized): the copy for this "
+        "tokenizer and these settings is memory-mapped if there (the validation stage wrote it), else written "
+        "there first (default: <checkpoint_dir>/tokenized, which for `loraq train` is <output_dir>/tokenized)",
+    )
+    eval_tokenized_dir: str | None = Field(
+        None, description="Folder of the validation file's tokenized copies (default: <checkpoint_dir>/tokenized)"
+    )
     output_dir: str = Field(description="Final adapter folder (written to a temporary name, then renamed)")
     checkpoint_dir: str = Field(description="Folder for checkpoint-N folders")
     results_dir: str | None = Field(None, description="Folder for result files (default: output_dir/results)")

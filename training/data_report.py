@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from training.dataset import tokenized_placed_lines
-from training.loss_masks import supervised_count
+from training.dataset import tokenized_chunks
+from training.loss_masks import MaskError
 
 LISTED_LINES = 20  # line numbers listed per finding; the counts are always complete
 
@@ -32,9 +33,13 @@ def file_report(
     max_seq_length: int,
     train_on_inputs: bool,
     progress: Callable[[int, int], None] | None = None,
+    processes: int = 1,
+    rows: Any = None,
 ) -> dict[str, Any]:
     """Token figures of one chat JSONL file. Raises MaskError naming the line when masks cannot be derived.
-    `progress(examples, bytes read)` is called after each example; an exception it raises ends the report."""
+    `progress(examples, bytes read)` is called after each example; an exception it raises ends the report
+    (and stops the processes). With `rows` (a training.tokenized.TokenizedWriter) the rows training keeps,
+    truncated, are written to it in the same pass. `processes`: how many processes tokenize a large file."""
     examples = tokens = supervised = trained_tokens = usable = longest = 0
     long = {"count": 0, "lines": [], "action": f"truncated to {max_seq_length} tokens"}
     skipped = {
@@ -42,21 +47,32 @@ def file_report(
         "lines": [],
         "action": "skipped: no assistant tokens to learn from (no reply with weight 1, or all cut by truncation)",
     }
-    for line, read, full in tokenized_placed_lines(path, tokenizer, None, train_on_inputs):
-        length = len(full["input_ids"])
-        examples += 1
-        if progress is not None:
-            progress(examples, read)
-        tokens += length
-        supervised += supervised_count(full["labels"])
-        longest = max(longest, length)
-        if length > max_seq_length:
-            _note(long, line)
-        if not supervised_count(full["labels"][:max_seq_length]):
-            _note(skipped, line)
-            continue
-        usable += 1
-        trained_tokens += min(length, max_seq_length)
+    id_type = rows.id_type if rows is not None else "uint32"
+    chunks = tokenized_chunks(path, tokenizer, max_seq_length, train_on_inputs, id_type, processes)
+    with closing(chunks):
+        for chunk in chunks:
+            for line, read, length, chunk_supervised, kept in zip(
+                chunk.lines, chunk.ends, chunk.lengths, chunk.supervised, chunk.kept, strict=True
+            ):
+                examples += 1
+                if progress is not None:
+                    progress(examples, read)
+                tokens += length
+                supervised += chunk_supervised
+                longest = max(longest, length)
+                if length > max_seq_length:
+                    _note(long, line)
+                if not kept:
+                    _note(skipped, line)
+                    continue
+                usable += 1
+                trained_tokens += min(length, max_seq_length)
+            if rows is not None:
+                rows.write_batch(chunk.rows)
+            if isinstance(chunk.error, MaskError):
+                raise MaskError(f"{Path(path).name}, {chunk.error}")
+            if chunk.error is not None:
+                raise chunk.error
     return {
         "examples": examples,
         "tokens": tokens,

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
+import numpy as np
 import torch
 from trl import SFTTrainer
 
@@ -26,9 +27,9 @@ SPAN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k")
 LENGTH_KEYS = ("max_length_q", "max_length_k")
 
 
-def token_budget(lengths: list[int], batch_size: int) -> int:
+def token_budget(lengths: Sequence[int] | np.ndarray, batch_size: int) -> int:
     """Tokens one micro-batch may hold: a padded batch of the longest examples."""
-    return batch_size * max(lengths, default=1)
+    return batch_size * (int(np.max(lengths)) if len(lengths) else 1)
 
 
 def split_packed_batch(batch: dict[str, Any], budget: int) -> list[dict[str, Any]]:

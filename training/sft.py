@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -25,7 +26,6 @@ from trl import SFTConfig
 
 from loraq.storage import sha256_of, staged_directory
 from training.config import TrainingConfig
-from training.dataset import load_examples
 from training.hardware import (
     HardwareError,
     pick_attention_implementation,
@@ -39,6 +39,7 @@ from training.progress import ProgressCallback, ProgressWriter
 from training.results import write_samples, write_step_metrics
 from training.speedups import apply_speedups, resolve_speedups
 from training.tiny_model import model_source
+from training.tokenized import open_tokenized, row_lengths, tokenize_file
 
 logger = logging.getLogger("loraq.training")
 
@@ -66,10 +67,42 @@ def load_model(config: TrainingConfig, model_path: str, precision: dict):
     return AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
 
 
+def with_dataset_hashes(config: TrainingConfig) -> TrainingConfig:
+    """The config with its files' sha256: the ones recorded at upload (the worker passes them), else hashed
+    here (`loraq train`). They name the tokenized copies and are recorded in loraq.json."""
+    hashes = {}
+    if config.train_sha256 is None:
+        hashes["train_sha256"] = sha256_of(config.train_path)
+    if config.eval_path and config.eval_sha256 is None:
+        hashes["eval_sha256"] = sha256_of(config.eval_path)
+    return config.model_copy(update=hashes) if hashes else config
+
+
+def load_rows(config: TrainingConfig, tokenizer, role: str):
+    """A file's training rows (tokens and labels: assistant-only masks for any template, truncated to
+    max_seq_length, rows with nothing to learn left out), memory-mapped from its tokenized copy: the one the
+    validation stage wrote, or one written now if there is none (training.tokenized)."""
+    hp = config.hyperparameters
+    if role == "train":
+        path, sha256, folder = config.train_path, config.train_sha256, config.train_tokenized_dir
+    else:
+        path, sha256, folder = config.eval_path, config.eval_sha256, config.eval_tokenized_dir
+    assert path is not None and sha256 is not None  # with_dataset_hashes ran
+    started = time.monotonic()
+    found = tokenize_file(
+        path, sha256, tokenizer, folder or Path(config.checkpoint_dir) / "tokenized",
+        hp.max_seq_length, hp.train_on_inputs, processes=os.cpu_count() or 1,
+    )  # fmt: skip
+    how = "reusing the tokenized rows at" if found.reused else "tokenized into"
+    logger.info("%s file: %s %s (%.2f s)", role, how, found.path, time.monotonic() - started)
+    return open_tokenized(found.path).select_columns(["input_ids", "labels"])
+
+
 # --------------------------------------------------------------------------- trainer
 
 
 def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCallback) -> PackedSFTTrainer:
+    config = with_dataset_hashes(config)
     hp = config.hyperparameters
     precision = pick_precision()
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
@@ -77,12 +110,13 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     model = load_model(config, model_path, precision)
-    # Every row is tokenized here with its labels (assistant-only masks for any template), so TRL gets
-    # finished examples; its padding-free collator concatenates each optimizer step's examples and
-    # PackedSFTTrainer cuts them into micro-batches of at most `budget` tokens (training.packing).
-    train_ds = load_examples(config.train_path, tokenizer, hp)
-    eval_ds = load_examples(config.eval_path, tokenizer, hp) if config.eval_path else None
-    budget = token_budget([len(ids) for ids in train_ds["input_ids"]], hp.batch_size)
+    # The rows come tokenized with their labels and memory-mapped (nothing of the dataset is copied into
+    # memory: TRL's preparation is skipped, and the trainer's sampler and resume work on row indices); its
+    # padding-free collator concatenates each optimizer step's examples and PackedSFTTrainer cuts them into
+    # micro-batches of at most `budget` tokens (training.packing).
+    train_ds = load_rows(config, tokenizer, "train")
+    eval_ds = load_rows(config, tokenizer, "eval") if config.eval_path else None
+    budget = token_budget(row_lengths(train_ds), hp.batch_size)
     checkpointing = use_gradient_checkpointing(hp.gradient_checkpointing, model, budget, precision["dtype"])
     args = SFTConfig(
         output_dir=config.checkpoint_dir,
@@ -113,6 +147,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized, masked and truncated
     )
     peft_config = LoraConfig(
         r=hp.lora_r,
@@ -159,6 +194,7 @@ def library_versions() -> dict:
 def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dict) -> Path:
     """Write adapter, tokenizer, chat template and loraq.json to a temporary folder, then rename it."""
     final = Path(config.output_dir)
+    config = with_dataset_hashes(config)
     # `loraq train --output_dir` keeps the seed's layout (checkpoints beside the adapter), so an existing
     # folder is updated file by file; the worker's adapter folder is new and appears in one rename.
     with staged_directory(final, merge_into_existing=True) as staging:
@@ -167,8 +203,8 @@ def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dic
         record = {
             "config": json.loads(config.model_dump_json()),
             "datasets": {
-                "train_sha256": sha256_of(config.train_path),
-                "eval_sha256": sha256_of(config.eval_path) if config.eval_path else None,
+                "train_sha256": config.train_sha256,
+                "eval_sha256": config.eval_sha256,
             },
             "versions": library_versions(),
             "speedups": sorted(trainer.speedups),
@@ -186,6 +222,7 @@ def train(config: TrainingConfig) -> dict:
     writer = ProgressWriter(config.progress_path)
     callback = ProgressCallback(writer, config.stop_path, config.max_train_seconds)
     torch.manual_seed(config.seed)
+    config = with_dataset_hashes(config)
     model_path = resolve_base_model(config)
     trainer = build_trainer(config, model_path, callback)
     started = time.monotonic()

@@ -1,10 +1,13 @@
 """Tokenized datasets on storage: a chat file's rows tokenized once, into an Arrow file that training
 memory-maps.
 
-The validation stage writes it (the same tokenization and loss masks as training.dataset), keyed by
-everything that determines its rows: the file's sha256, the tokenizer and chat template, `max_seq_length`
-and `train_on_inputs`. Rows are written in record batches to a temporary name and renamed into place, so a
-reader never sees half a file. Training opens it with `datasets.Dataset.from_file`, which maps it into
+The validation stage writes it (`tokenize_file`: the same tokenization and loss masks as training.dataset,
+in the pass that computes the file's report, which is kept beside the rows), keyed by everything that
+determines its rows: the file's sha256, the tokenizer and chat template, `max_seq_length` and
+`train_on_inputs`. A later job on the same file and model, a retried or resumed attempt, and the training
+program find it there; the training program writes it only if it is missing (`loraq train`, which has no
+validation stage, the first time). Rows are written in record batches to a temporary name and renamed into
+place, so a reader never sees half a file. Training opens it with `datasets.Dataset.from_file`, which maps it into
 memory: the rows stay on disk (the page cache) and a training process's memory does not grow with the
 dataset. The format is the `datasets` library's own (an Arrow IPC stream).
 
@@ -17,29 +20,40 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+
+from loraq.storage import fsync_rename
+from training.data_report import file_report
+from training.dataset import row_schema
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
 # Raised whenever the rows a given input produces change (the tokenization, the masks, the columns).
 FORMAT_VERSION = 1
-BATCH_ROWS = 1024
+BATCH_BYTES = 32 << 20  # held by the writer until written: a little memory, few batches
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A digest of what the tokenizer does to a conversation: its vocabulary and rules (the fast tokenizer's
-    full JSON), its special tokens and its chat template. Two folders holding the same tokenizer agree."""
+    full JSON, less the truncation and padding state each call resets), its special tokens (less the pad
+    token, which the trainer may set and no row holds) and its chat template. Two folders holding the same
+    tokenizer agree, and so do the validator's copy and the training program's."""
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    digest.update(
-        backend.to_str().encode() if backend is not None else repr(sorted(tokenizer.get_vocab().items())).encode()
-    )
-    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
-    digest.update((tokenizer.chat_template or "").encode() if isinstance(tokenizer.chat_template, str) else
-                  json.dumps(tokenizer.chat_template, sort_keys=True).encode())  # fmt: skip
+    if backend is not None:
+        rules = json.loads(backend.to_str())
+        rules.pop("truncation", None), rules.pop("padding", None)
+    else:
+        rules = sorted(tokenizer.get_vocab().items())
+    special = {k: v for k, v in tokenizer.special_tokens_map.items() if k != "pad_token"}
+    template = tokenizer.chat_template
+    parts = [rules, special, template, bool(getattr(tokenizer, "split_special_tokens", False))]
+    digest.update(json.dumps(parts, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
@@ -64,57 +78,49 @@ def id_type_for(vocab_size: int) -> str:
 
 
 class TokenizedWriter:
-    """Writes tokenized rows (`input_ids`, `labels` with -100 where the loss does not look, and the file's
-    `line`) to `final`, in record batches, under a temporary name until `commit`. Used as a context manager,
-    an exception discards the partial file."""
+    """Writes tokenized rows (training.dataset.row_schema: `input_ids`, `labels` with -100 where the loss does
+    not look, and the file's `line`) to `final`, in record batches, under a temporary name until `commit`.
+    Used as a context manager, an exception discards the partial file."""
 
     def __init__(self, final: Path, vocab_size: int):
         import pyarrow as pa
 
         self.final = Path(final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        id_type = getattr(pa, id_type_for(vocab_size))()
-        self.schema = pa.schema(
-            [("input_ids", pa.list_(id_type)), ("labels", pa.list_(pa.int32())), ("line", pa.int64())]
-        )
+        self.id_type = id_type_for(vocab_size)
         fd, name = tempfile.mkstemp(prefix=f".{self.final.name}.", dir=self.final.parent)
         os.close(fd)
         self.staging = Path(name)
         self._sink = pa.OSFile(str(self.staging), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, self.schema)
-        self._rows: dict[str, list] = {"input_ids": [], "labels": [], "line": []}
+        self._writer = pa.ipc.new_stream(self._sink, row_schema(self.id_type))
+        self._pending: list[Any] = []
+        self._pending_bytes = 0
         self.rows = 0
 
-    def write(self, input_ids: list[int], labels: list[int], line: int) -> None:
-        self._rows["input_ids"].append(input_ids)
-        self._rows["labels"].append(labels)
-        self._rows["line"].append(line)
-        self.rows += 1
-        if len(self._rows["line"]) >= BATCH_ROWS:
-            self._flush()
-
     def write_batch(self, batch: Any) -> None:
-        """Append a pyarrow RecordBatch or Table of this schema (rows tokenized elsewhere, e.g. in another
-        process)."""
-        self._flush()
-        self._writer.write(batch)
-        self.rows += batch.num_rows
+        """Append a pyarrow RecordBatch of this schema (training.dataset.rows_batch). Batches are gathered
+        into ones of about BATCH_BYTES: each batch's header is read when the file is opened, and the page
+        faults of reading many small ones would map much of the file into the reader's memory."""
+        if batch.num_rows:
+            self._pending.append(batch)
+            self._pending_bytes += batch.nbytes
+            self.rows += batch.num_rows
+        if self._pending_bytes >= BATCH_BYTES:
+            self._flush()
 
     def _flush(self) -> None:
         import pyarrow as pa
 
-        if self._rows["line"]:
-            self._writer.write_batch(pa.record_batch(self._rows, schema=self.schema))
-            self._rows = {"input_ids": [], "labels": [], "line": []}
+        if self._pending:
+            self._writer.write_batch(pa.concat_batches(self._pending))
+            self._pending, self._pending_bytes = [], 0
 
     def commit(self) -> Path:
         """Close the file, flush it to disk and rename it into place."""
         self._flush()
         self._writer.close()
         self._sink.close()
-        with open(self.staging, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(self.staging, self.final)
+        fsync_rename(self.staging, self.final)
         return self.final
 
     def abort(self) -> None:
@@ -134,8 +140,50 @@ class TokenizedWriter:
             self.abort()
 
 
+@dataclass
+class TokenizedFile:
+    """A chat file's training rows on storage, and the validation report of the pass that wrote them."""
+
+    path: Path
+    report: dict[str, Any]
+    reused: bool  # tokenized by an earlier pass (found), not by this one
+
+
+def tokenize_file(
+    path: str | Path,
+    file_sha256: str,
+    tokenizer: Any,
+    folder: str | Path,
+    max_seq_length: int,
+    train_on_inputs: bool,
+    progress: Callable[[int, int], None] | None = None,
+    processes: int = 1,
+) -> TokenizedFile:
+    """The file's rows for this tokenizer and these settings, in `folder`: found there, or tokenized now,
+    with the report (training.data_report.file_report) in the same pass, and kept beside them (the rows'
+    name with `.json`) for the next pass to reuse. `file_sha256` is the file's recorded digest."""
+    final = Path(folder) / cache_name(file_sha256, tokenizer_fingerprint(tokenizer), max_seq_length, train_on_inputs)
+    report_path = final.with_suffix(".json")
+    if final.is_file() and report_path.is_file():
+        return TokenizedFile(final, json.loads(report_path.read_text()), reused=True)
+    with TokenizedWriter(final, len(tokenizer)) as writer:
+        report = file_report(path, tokenizer, max_seq_length, train_on_inputs, progress, processes, rows=writer)
+        staging = report_path.with_name(f".{report_path.name}.tmp")
+        staging.write_text(json.dumps(report))
+        fsync_rename(staging, report_path)  # before the rows: rows on storage always have their report
+    return TokenizedFile(final, report, reused=False)
+
+
 def open_tokenized(path: str | Path) -> Dataset:
     """The rows as a `datasets.Dataset` backed by the memory-mapped file (nothing is read into memory)."""
     from datasets import Dataset
 
     return Dataset.from_file(str(path))
+
+
+def row_lengths(dataset: Dataset) -> Any:
+    """Each row's token count, as a numpy array computed by Arrow from the mapped column's offsets (the
+    rows themselves are not read)."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.data.column("input_ids")).to_numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
@@ -19,14 +20,22 @@ def build_training_config(job: Job, settings: Settings, storage: Storage, sessio
     entry = find_model(settings, job.model)
     if entry is None:
         raise ModelNotOffered(f"base model {job.model!r} is no longer offered by this server")
-    files = job_file_paths(job, storage, session)
+    files = job_files(job, storage, session)
+    train = files[job.training_file]
+    evaluation = files[job.validation_file] if job.validation_file else None
     paths = storage.job_paths(job.id)
     return TrainingConfig(
         base_model=entry.source,
         trust_remote_code=entry.trust_remote_code,
         model_cache_dir=str(settings.model_cache_dir),
-        train_path=str(files[job.training_file]),
-        eval_path=str(files[job.validation_file]) if job.validation_file else None,
+        train_path=str(train.path),
+        eval_path=str(evaluation.path) if evaluation else None,
+        # The recorded digests name the rows the validation stage tokenized, which the training program
+        # memory-maps from the files' tokenized folders (it tokenizes only if they are gone).
+        train_sha256=train.sha256,
+        eval_sha256=evaluation.sha256 if evaluation else None,
+        train_tokenized_dir=str(train.tokenized_dir),
+        eval_tokenized_dir=str(evaluation.tokenized_dir) if evaluation else None,
         output_dir=str(paths.adapter),
         checkpoint_dir=str(paths.checkpoints),
         results_dir=str(paths.results),
@@ -39,9 +48,19 @@ def build_training_config(job: Job, settings: Settings, storage: Storage, sessio
     )
 
 
-def job_file_paths(job: Job, storage: Storage, session) -> dict[str, Path]:
-    """Where the job's training (and validation) file is stored, by file id."""
+@dataclass(frozen=True)
+class StoredFile:
+    """An uploaded file as the validation stage and the training program use it."""
+
+    path: Path  # the uploaded bytes
+    sha256: str  # as recorded at upload
+    tokenized_dir: Path  # its tokenized copies (training.tokenized)
+
+
+def job_files(job: Job, storage: Storage, session) -> dict[str, StoredFile]:
+    """The job's training (and validation) file, by file id."""
     ids = [f for f in (job.training_file, job.validation_file) if f]
     return {
-        f.id: storage.resolve(f.storage_key) for f in session.scalars(select(FileRecord).where(FileRecord.id.in_(ids)))
+        f.id: StoredFile(storage.resolve(f.storage_key), f.sha256, storage.tokenized_dir(f.id))
+        for f in session.scalars(select(FileRecord).where(FileRecord.id.in_(ids)))
     }

@@ -7,9 +7,12 @@ a lease (worker.validation_lease: renewed by a heartbeat thread, which also repo
 large file), so a job is never checked by two validators at once and a validator that dies mid-file is
 replaced once its lease expires. The job goes on to `queued` with its estimated steps and tokens, or to
 `failed` with a reason naming the file and the lines; each file's token report is kept on the file record
-(GET /v1/files/{id}). A job cancelled meanwhile stays cancelled (every outcome is conditional on the job
-still being in `validating_files` under our lease) and the validation stops within seconds; a validator
-asked to stop hands the job back, to be validated again.
+(GET /v1/files/{id}). The same pass writes the rows training will train on, tokenized, to the file's folder
+on shared storage (training.tokenized), which the training program memory-maps; a later job on the same
+file, model and settings finds them there and is not tokenized again. A large file is tokenized by
+`LORAQ_VALIDATOR_PROCESSES` processes (training.dataset). A job cancelled meanwhile stays cancelled
+(every outcome is conditional on the job still being in `validating_files` under our lease) and the
+validation stops within seconds; a validator asked to stop hands the job back, to be validated again.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 from celery.signals import worker_shutting_down
@@ -36,11 +38,12 @@ from models.job_state import (
     release_validation,
 )
 from models.session import session_scope
-from training.data_report import describe, file_report, plural, training_estimate
+from training.data_report import describe, plural, training_estimate
 from training.loss_masks import MASK_REMEDY, MaskError
+from training.tokenized import tokenize_file
 from worker.celery_app import VALIDATE_JOB_TASK, celery_app, send_job, send_validation
 from worker.errors import ValidationFailure
-from worker.job_config import job_file_paths
+from worker.job_config import StoredFile, job_files
 from worker.supervisor import worker_identity
 from worker.validation_lease import STOPPING, ValidationLease, ValidationStopped
 
@@ -110,14 +113,14 @@ def validate_job(job_id: str, settings: Settings, node: str | None = None) -> st
             return "skipped"
         claimed = {"validator": validator, "pid": os.getpid()}
         add_event(session, job_id, f"Validator {validator} is checking the files", data=claimed)
-        files = job_file_paths(job, Storage(settings.resolved_storage_root), session)
+        files = job_files(job, Storage(settings.resolved_storage_root), session)
         file_ids = dict(_roles(job))
-        paths = {role: files[file_id] for role, file_id in file_ids.items()}
+        stored = {role: files[file_id] for role, file_id in file_ids.items()}
         hp = Hyperparameters.model_validate(job.hyperparameters)
         model, queue = job.model, job.queue
     try:
         with ValidationLease(settings, job_id, validator) as lease:
-            reports, estimate = _check(settings, model, paths, hp, lease)
+            reports, reused, estimate = _check(settings, model, stored, hp, lease)
     except ValidationStopped as stopped:
         return _stopped(settings, job_id, validator, stopped.reason)
     except ValidationFailure as failure:
@@ -133,6 +136,12 @@ def validate_job(job_id: str, settings: Settings, node: str | None = None) -> st
         if not queued:
             return "skipped"
         for role, report in reports.items():
+            if role in reused:
+                add_event(
+                    session, job_id,
+                    f"Reusing the {role} file's tokenized rows from an earlier validation (the same file, "
+                    "tokenizer and settings)", data={"file": role, "tokenized": reused[role]},
+                )  # fmt: skip
             add_event(session, job_id, describe(report, role), kind="message", data={"file": role, **report})
             _keep_report(session, file_ids[role], model, report)
         train = reports["training"]
@@ -172,8 +181,10 @@ def _stopped(settings: Settings, job_id: str, validator: str, reason: str) -> st
 
 
 def _check(
-    settings: Settings, model: str, paths: dict[str, Path], hp: Hyperparameters, lease: ValidationLease
-) -> tuple[dict, dict]:
+    settings: Settings, model: str, files: dict[str, StoredFile], hp: Hyperparameters, lease: ValidationLease
+) -> tuple[dict, dict, dict]:
+    """Each file's report (its rows tokenized into its tokenized folder in the same pass, or found there from
+    an earlier validation: `reused`, by role) and the run's estimate; raises ValidationFailure."""
     entry = find_model(settings, model)
     if entry is None:
         raise ValidationFailure(
@@ -188,11 +199,14 @@ def _check(
             code="model_unavailable",
             param="model",
         ) from None
-    reports = {}
-    for role, path in paths.items():
+    reports, reused = {}, {}
+    for role, file in files.items():
         try:
-            progress = lease.reading(role, path)
-            reports[role] = file_report(path, tokenizer, hp.max_seq_length, hp.train_on_inputs, progress)
+            progress = lease.reading(role, file.path)
+            found = tokenize_file(
+                file.path, file.sha256, tokenizer, file.tokenized_dir, hp.max_seq_length, hp.train_on_inputs,
+                progress, settings.resolved_validator_processes,
+            )  # fmt: skip
         except MaskError as exc:
             raise ValidationFailure(
                 f"Cannot train on assistant tokens only with the chat template of '{model}': {role} file, {exc}. "
@@ -200,6 +214,15 @@ def _check(
                 code="invalid_chat_template",
                 param=f"{role}_file",
             ) from None
+        except OSError as exc:  # the file unreadable, or no room for its tokenized rows
+            raise ValidationFailure(
+                f"Reading the {role} file or writing its tokenized rows on shared storage failed: {exc}. The "
+                "operator must free or repair the storage, then resubmit.",
+                code="storage_error",
+            ) from None
+        reports[role] = found.report
+        if found.reused:
+            reused[role] = found.path.name
     train = reports["training"]
     needed = settings.min_training_examples
     if train["usable_examples"] < needed:
@@ -218,7 +241,7 @@ def _check(
             param="validation_file",
         )
     estimate = training_estimate(train, hp.batch_size, hp.gradient_accumulation_steps, hp.n_epochs, hp.max_steps)
-    return reports, estimate
+    return reports, reused, estimate
 
 
 def _check_target_modules(settings: Settings, entry: BaseModelEntry, model: str, targets: list[str]) -> None:

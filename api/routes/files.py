@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -155,9 +157,16 @@ def delete_file(record: FileDep, session: SessionDep, settings: SettingsDep):
         )
     record.deleted = True
     # The bytes go once the deletion is committed: a failed commit leaves the file whole and listed.
-    stored = Storage(settings.resolved_storage_root).resolve(record.storage_key)
-    after_commit(session, lambda: stored.unlink(missing_ok=True))
+    storage = Storage(settings.resolved_storage_root)
+    stored, tokenized = storage.resolve(record.storage_key), storage.tokenized_dir(record.id)
+    after_commit(session, lambda: _remove_stored(stored, tokenized))
     return FileDeleted(id=record.id)
+
+
+def _remove_stored(stored: Path, tokenized: Path) -> None:
+    """The uploaded bytes and their tokenized copies (written by the validation stage)."""
+    stored.unlink(missing_ok=True)
+    shutil.rmtree(tokenized, ignore_errors=True)
 
 
 content_verifier = ChecksumVerifier()

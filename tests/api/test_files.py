@@ -66,11 +66,16 @@ def _upload(app_client, owner="alice") -> str:
     return response.json()["id"]
 
 
-def test_delete_removes_the_stored_bytes(app_client, settings):
+def test_delete_removes_the_stored_bytes_and_their_tokenized_copies(app_client, settings):
+    from loraq.storage import Storage
+
     file_id = _upload(app_client)
     assert len(_stored(settings)) == 1
+    tokenized = Storage(settings.resolved_storage_root).tokenized_dir(file_id)  # as the validation stage writes
+    tokenized.mkdir(parents=True)
+    (tokenized / "rows.arrow").write_bytes(b"rows")
     assert app_client.delete(f"/v1/files/{file_id}", headers=auth("alice")).json()["deleted"] is True
-    assert _stored(settings) == []
+    assert _stored(settings) == [] and not tokenized.exists()
     assert app_client.get(f"/v1/files/{file_id}", headers=auth("alice")).status_code == 404
 
 

@@ -1,7 +1,8 @@
 """Validating a large file on the real service (PostgreSQL, redis-server, the API, two validators and a
 worker): progress while the file is read, a cancel or a stopping validator ends the validation within
 seconds, and a validator killed mid-file is replaced once its lease expires, never two validators on one
-job at once."""
+job at once. A file of a few megabytes is tokenized once, by the validator: training memory-maps its rows,
+a second job on it reuses them, and deleting the file deletes them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 import signal
 import time
 
+import psutil
 import pytest
 
 from tests.deployments import loraq, production
@@ -19,7 +21,8 @@ from tests.facts import chat_rows
 
 pytestmark = pytest.mark.e2e
 
-ROWS = 4000  # about 0.6 MB: a few seconds of tokenizing, reported every 0.3 s here
+# About 2.4 MB: a few seconds of tokenizing, reported every 0.3 s here, by a pool of processes (from 2 MB).
+ROWS = 16000
 ONE_STEP = {"n_epochs": 1, "max_steps": 1, "gradient_accumulation_steps": 1}
 PROGRESS = re.compile(r"^Validating training file: [\d,]+ of ~[\d,]+ rows, .+ of .+, about .+ left$")
 VALIDATED = ("queued", "running", "succeeded")
@@ -41,8 +44,9 @@ def client(stack):
         yield c
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def large_file(client) -> tuple[str, int]:
+    """Uploaded afresh for each test: a new file has no tokenized rows yet, so it is read from the start."""
     content = "".join(json.dumps(row) + "\n" for row in chat_rows() * (ROWS // len(chat_rows()))).encode()
     return upload_ok(client, content), len(content)
 
@@ -63,6 +67,11 @@ def first_progress(stack, client, job_id: str) -> tuple[str, int]:
         time.sleep(0.1)
     pid = claims(history)[-1]["data"]["pid"]
     return next(label for label, p in stack.processes.items() if p.pid == pid), pid
+
+
+def tokenizing_processes(pid: int) -> list[psutil.Process]:
+    """The validator's pool processes: the children of its fork server, itself a child of the validator."""
+    return [process for child in psutil.Process(pid).children() for process in child.children()]
 
 
 def restart_validator(stack, label: str) -> None:
@@ -101,10 +110,11 @@ def test_progress_while_a_large_file_is_validated(stack, client, large_file):
 
 def test_cancel_during_validation_stops_the_validator_within_seconds(stack, client, large_file):
     job = create_job(client, large_file[0], hyperparameters=ONE_STEP).json()
-    label, _ = first_progress(stack, client, job["id"])
+    label, pid = first_progress(stack, client, job["id"])
+    assert tokenizing_processes(pid)
     assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
     cancelled = time.monotonic()
-    while f"job {job['id']}: validation stopped (cancelled)" not in stack.log(label):
+    while f"job {job['id']}: validation stopped (cancelled)" not in stack.log(label) or tokenizing_processes(pid):
         assert time.monotonic() - cancelled < 5, stack.log(label)[-2000:]
         time.sleep(0.1)
     time.sleep(1)
@@ -118,7 +128,11 @@ def test_cancel_during_validation_stops_the_validator_within_seconds(stack, clie
 def test_a_validator_killed_mid_file_is_replaced_once_its_lease_expires(stack, client, large_file):
     job = create_job(client, large_file[0], hyperparameters=ONE_STEP).json()
     label, pid = first_progress(stack, client, job["id"])
+    descendants = psutil.Process(pid).children(recursive=True)
+    assert tokenizing_processes(pid)
     os.kill(pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(descendants, timeout=10)
+    assert not alive  # its fork server saw it die and exited; the kernel killed the pool processes with it
     validated = wait_for(client, job["id"], until=VALIDATED, timeout=120)
     assert validated["status"] in VALIDATED, validated["error"]
     client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")  # no need to train it
@@ -148,3 +162,38 @@ def test_a_stopping_validator_hands_the_job_back(stack, client, large_file):
     first, second = claims(events(client, job["id"]))
     assert first["data"]["pid"] == pid and second["data"]["pid"] != pid
     restart_validator(stack, label)
+
+
+def test_a_few_megabytes_are_tokenized_once_by_the_validator(stack, client, tmp_path):
+    from bench.data_scale import write_chat_file
+
+    content = write_chat_file(tmp_path / "chat.jsonl", 3_000_000).read_bytes()
+    file_id = upload_ok(client, content)
+    folder = stack.folder / "storage" / "tokenized" / file_id
+    steps = {"n_epochs": 1, "max_steps": 3, "gradient_accumulation_steps": 1}
+    first = create_job(client, file_id, hyperparameters=steps).json()
+    done = wait_for(client, first["id"], timeout=300)
+    assert done["status"] == "succeeded" and done["completed_steps"] == 3, done["error"]
+    rows = sorted(folder.glob("*.arrow"))
+    assert len(rows) == 1 and rows[0].with_suffix(".json").is_file()
+    log = (stack.folder / "storage" / "jobs" / first["id"] / "train.log").read_text()
+    assert f"train file: reusing the tokenized rows at {rows[0]}" in log  # memory-mapped, not tokenized again
+    history = events(client, first["id"])
+    assert not [e for e in history if e["message"].startswith("Reusing")]  # tokenized by this one
+    report = next(e["data"] for e in history if e["message"].startswith("Training file:"))
+    assert report["examples"] == content.count(b"\n") and report["long_examples"]["count"] > 0
+
+    second = create_job(client, file_id, hyperparameters={**steps, "max_steps": 1}).json()
+    again = wait_for(client, second["id"], timeout=300)
+    assert again["status"] == "succeeded", again["error"]
+    history = events(client, second["id"])
+    reused = [e for e in history if e["message"].startswith("Reusing")]
+    assert [e["message"] for e in reused] == [
+        "Reusing the training file's tokenized rows from an earlier validation (the same file, tokenizer and settings)"
+    ]
+    assert not progress_events(history)  # nothing read again
+    assert next(e["data"] for e in history if e["message"].startswith("Training file:")) == report
+    assert sorted(folder.glob("*.arrow")) == rows
+
+    assert client.delete(f"/v1/files/{file_id}").json()["deleted"] is True
+    assert not folder.exists()
