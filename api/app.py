@@ -10,9 +10,12 @@ from fastapi import FastAPI
 
 from api.auth import PrincipalCache
 from api.errors import install_error_handlers
+from api.event_stream import close_streams_on_exit_signals
+from api.event_tails import EventHub
 from api.job_reads import JobReader
 from api.routes import files, health, jobs, metrics, models
 from api.schemas import error_responses
+from api.stream_slots import StreamSlots
 from loraq import __version__
 from loraq.settings import Settings, get_settings
 
@@ -24,9 +27,14 @@ async def lifespan(app: FastAPI):
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
     app.state.job_reader = JobReader(settings.resolved_database_url, settings.api_threads)
     await app.state.job_reader.open()
+    app.state.event_hub = EventHub(settings.resolved_database_url, settings.event_poll_seconds)
+    app.state.stream_slots = StreamSlots(settings.resolved_broker_url, settings.max_event_streams_per_owner)
+    close_streams_on_exit_signals(app.state.event_hub.close)
     try:
         yield
     finally:
+        await app.state.event_hub.aclose()
+        await app.state.stream_slots.aclose()
         await app.state.job_reader.close()
 
 
