@@ -222,7 +222,11 @@ class EventHub:
         tail.subscribers.add(subscription)
         if self.closing:
             subscription.close()
-        await tail.primed.wait()
+        try:
+            await tail.primed.wait()
+        except BaseException:  # the client went away meanwhile: the tail must not keep reading for it
+            self.unsubscribe(subscription)
+            raise
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
