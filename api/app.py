@@ -25,9 +25,9 @@ async def lifespan(app: FastAPI):
     # Few threads, each with a pooled connection: more only adds GIL and database contention.
     settings = app.state.settings
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
-    app.state.job_reader = JobReader(settings.resolved_database_url, settings.api_threads)
-    await app.state.job_reader.open()
     app.state.event_hub = EventHub(settings.resolved_database_url, settings.event_poll_seconds)
+    app.state.job_reader = JobReader(settings.resolved_database_url, settings.api_threads, app.state.event_hub.wake)
+    await app.state.job_reader.open()
     app.state.stream_slots = StreamSlots(settings.resolved_broker_url, settings.max_event_streams_per_owner)
     close_streams_on_exit_signals(app.state.event_hub.close)
     try:

@@ -1,9 +1,11 @@
 """Live job events for the Server-Sent Events streams: one shared tail per streamed job per API process.
 
 However many clients stream a job, each API process reads that job's new events with one query every
-LORAQ_EVENT_POLL_SECONDS and hands every new event, serialised once, to all of them. Nothing is signalled
-between processes: each one reads the database, the truth, so any number of uvicorn workers and API hosts
-work the same on SQLite and PostgreSQL.
+LORAQ_EVENT_POLL_SECONDS and hands every new event, serialised once, to all of them. Each process reads the
+database, the truth, so any number of uvicorn workers and API hosts work the same on SQLite and PostgreSQL.
+On PostgreSQL the database also says when a job has a new event (migration 0010's NOTIFY, received by
+api/job_reads.py's listener), and the job's tail reads at once (at most every `MIN_READ_GAP` seconds); the
+polls stay, for notifications lost while the listener reconnects.
 
 Events are ordered by `seq`, assigned at INSERT. On PostgreSQL transactions commit out of order, so an event
 with a lower seq can become visible after one with a higher seq was already read, and a tail asking only for
@@ -35,6 +37,7 @@ logger = logging.getLogger("loraq.api")
 
 LOOKBACK_SECONDS = 10.0
 WINDOW_EVENTS = 20
+MIN_READ_GAP = 0.05  # a job writing events faster is read in batches, not once per event
 _EVENTS, _JOBS = JobEvent.__table__, Job.__table__
 
 
@@ -167,6 +170,7 @@ class JobTail:
         self.window = EventWindow(hub.database_url, job_id)
         self.subscribers: set[Subscription] = set()
         self.primed = asyncio.Event()
+        self.woken = asyncio.Event()  # the database said the job has a new event
         self.done = False
         self.task = asyncio.create_task(self._run(), name=f"event tail {job_id}")
 
@@ -180,6 +184,7 @@ class JobTail:
         finally:
             self.primed.set()
         while self.subscribers:
+            self.woken.clear()  # before the read: a notification arriving during it brings another read
             try:
                 batch = await anyio.to_thread.run_sync(self.window.read)
             except Exception:
@@ -192,7 +197,9 @@ class JobTail:
                     subscription.push(batch.end)
             if batch.end is not None:
                 break
-            await asyncio.sleep(self.hub.poll_seconds)
+            await asyncio.sleep(MIN_READ_GAP)
+            with anyio.move_on_after(self.hub.poll_seconds - MIN_READ_GAP):
+                await self.woken.wait()
         self._finish()
 
     def _finish(self) -> None:
@@ -228,6 +235,12 @@ class EventHub:
             self.unsubscribe(subscription)
             raise
         return subscription
+
+    def wake(self, job_id: str) -> None:
+        """The job has a new event: its tail, if any, reads now."""
+        tail = self.tails.get(job_id)
+        if tail is not None:
+            tail.woken.set()
 
     def unsubscribe(self, subscription: Subscription) -> None:
         subscription.tail.subscribers.discard(subscription)

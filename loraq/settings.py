@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     )
     event_poll_seconds: float = Field(
         0.5,
-        gt=0,
+        ge=0.05,
         le=10,
         description="How often each API process reads a streamed job's new events (one query "
         "per job, shared by all its streams)",
