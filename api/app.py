@@ -10,10 +10,13 @@ from fastapi import FastAPI
 
 from api.auth import PrincipalCache
 from api.errors import install_error_handlers
+from api.event_stream import close_streams_on_exit_signals
+from api.event_tails import EventHub
 from api.job_reads import JobReader
 from api.routes import files, health, jobs, metrics, models
 from api.routes.dashboard import install_dashboard
 from api.schemas import error_responses
+from api.stream_slots import StreamSlots
 from loraq import __version__
 from loraq.settings import Settings, get_settings
 
@@ -23,11 +26,16 @@ async def lifespan(app: FastAPI):
     # Few threads, each with a pooled connection: more only adds GIL and database contention.
     settings = app.state.settings
     anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
-    app.state.job_reader = JobReader(settings.resolved_database_url, settings.api_threads)
+    app.state.event_hub = EventHub(settings.resolved_database_url, settings.event_poll_seconds)
+    app.state.job_reader = JobReader(settings.resolved_database_url, settings.api_threads, app.state.event_hub.wake)
     await app.state.job_reader.open()
+    app.state.stream_slots = StreamSlots(settings.resolved_broker_url, settings.max_event_streams_per_owner)
+    close_streams_on_exit_signals(app.state.event_hub.close)
     try:
         yield
     finally:
+        await app.state.event_hub.aclose()
+        await app.state.stream_slots.aclose()
         await app.state.job_reader.close()
 
 

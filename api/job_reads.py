@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -33,6 +34,7 @@ logger = logging.getLogger("loraq.api")
 
 _JOBS = Job.__table__
 NOTIFY_CHANNEL = "loraq_jobs"  # the trigger of migration 0003 notifies here with the job id
+EVENTS_CHANNEL = "loraq_job_events"  # migration 0010's trigger: the job id, when an event of it is written
 
 
 class JobCache:
@@ -76,8 +78,9 @@ def _owned(statement, admin: bool):
 
 
 class JobReader:
-    def __init__(self, database_url: str, pool_size: int):
+    def __init__(self, database_url: str, pool_size: int, on_job_event: Callable[[str], None] | None = None):
         self.database_url = database_url
+        self.on_job_event = on_job_event  # told the job id when one of its events is written (PostgreSQL)
         self.pool = None
         self.cache = JobCache()
         self._listener: asyncio.Task | None = None
@@ -117,16 +120,22 @@ class JobReader:
             await self.pool.close()
 
     async def _listen(self) -> None:
-        """Evict jobs as the database reports changes; reconnect (caching nothing meanwhile) on errors."""
+        """Evict jobs as the database reports changes, and pass on which jobs have new events; reconnect
+        (caching nothing meanwhile) on errors."""
         import psycopg
 
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as connection:
                     await connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    if self.on_job_event is not None:
+                        await connection.execute(f"LISTEN {EVENTS_CHANNEL}")
                     self.cache.reset(active=True)
                     async for notification in connection.notifies():
-                        self.cache.evict(notification.payload)
+                        if notification.channel == NOTIFY_CHANNEL:
+                            self.cache.evict(notification.payload)
+                        elif self.on_job_event is not None:
+                            self.on_job_event(notification.payload)
             except asyncio.CancelledError:
                 self.cache.reset(active=False)
                 raise

@@ -39,8 +39,8 @@ class ErrorResponse(BaseModel):
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {400: "Invalid request (the message names the field or line)", 401: "Missing or unknown API key",
-                    404: "No such object for this key", 413: "Upload too large", 429: "Too many active jobs",
-                    500: "Server error"}  # fmt: skip
+                    404: "No such object for this key", 413: "Upload too large",
+                    429: "Too many active jobs, or open event streams", 500: "Server error"}  # fmt: skip
     return {code: {"model": ErrorResponse, "description": descriptions[code]} for code in codes}
 
 

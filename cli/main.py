@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from cli.client.parser import add_client_commands
+
 
 def _worker_settings_error() -> str | None:
     """A worker setting that would fail every job it claims, said before the worker starts."""
@@ -187,11 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id", help="Key id from `loraq keys list`")
     keys.set_defaults(func=_cmd_keys)
 
-    models = commands.add_parser("models", help="Base model utilities")
+    models = commands.add_parser("models", help="Base models: build the tiny one, list a server's")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     tiny = model_commands.add_parser("build-tiny", help="Write the built-in loraq-tiny-chat model to a folder")
     tiny.add_argument("dir", help="Destination folder")
     tiny.set_defaults(func=_cmd_build_tiny)
+    add_client_commands(commands, model_commands)
     return parser
 
 

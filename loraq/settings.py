@@ -45,6 +45,22 @@ class Settings(BaseSettings):
     max_active_jobs_per_owner: int = Field(
         20, ge=1, description="Queued plus running jobs one owner may have; more are refused with 429"
     )
+    max_event_streams_per_owner: int = Field(
+        20,
+        ge=1,
+        description="Open event streams (events?stream=true) one owner may hold across all API processes; "
+        "more are refused with 429",
+    )
+    event_poll_seconds: float = Field(
+        0.5,
+        ge=0.05,
+        le=10,
+        description="How often each API process reads a streamed job's new events (one query "
+        "per job, shared by all its streams)",
+    )
+    event_heartbeat_seconds: float = Field(
+        15, gt=0, description="Seconds of silence after which an event stream sends a `: ping` comment"
+    )
     lease_seconds: int = Field(
         60, ge=2, description="How long a worker's (or a validator's) claim on a job lasts unrenewed"
     )

@@ -26,9 +26,15 @@ FAST_RECOVERY = {  # short enough for tests to watch the reconciler work
 }
 
 
+EVENT_STREAMS = {  # a limit the tests can reach, and heartbeats they need not wait long for
+    "LORAQ_MAX_EVENT_STREAMS_PER_OWNER": "4",
+    "LORAQ_EVENT_HEARTBEAT_SECONDS": "1",
+}
+
+
 def base_environment(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAQ_")}
-    env.update({"LORAQ_BOOTSTRAP_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1", **FAST_RECOVERY, **extra})
+    env.update({"LORAQ_BOOTSTRAP_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1", **FAST_RECOVERY, **EVENT_STREAMS, **extra})
     return env
 
 

@@ -12,8 +12,9 @@ from sqlalchemy import func, select
 
 from api.deps import CurrentOwner, JobDep, SessionDep, SettingsDep, after_commit, visible_to
 from api.errors import APIError, not_found
+from api.event_stream import STREAM_RESPONSE, open_event_stream
 from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
-from api.pagination import page_after
+from api.pagination import page_after, unknown_cursor
 from api.schemas import (
     ID_PATTERN,
     CheckpointPublic,
@@ -160,12 +161,30 @@ def cancel_job(job: JobDep, session: SessionDep):
     return JobPublic.of(job)
 
 
-@router.get("/{job_id}/events", response_model=EventsPublic)
-def list_events(job: JobDep, session: SessionDep, after: Cursor = None, limit: Limit = 20):
-    """Lifecycle and metrics events, newest first."""
+@router.get("/{job_id}/events", response_model=EventsPublic, responses=STREAM_RESPONSE)
+async def list_events(
+    request: Request, job: JobDep, session: SessionDep, principal: CurrentOwner,
+    after: Cursor = None, limit: Limit = 20,
+    stream: Annotated[bool, Query(description="Server-Sent Events: the events after the cursor, then live")] = False,
+    last_event_id: Annotated[str | None, Header(pattern=ID_PATTERN, description="Resume a stream after it")] = None,
+):  # fmt: skip
+    """Lifecycle and metrics events, newest first; with `stream=true`, oldest first and then as they are
+    written, as Server-Sent Events that end (`event: end`, the job) once the job has finished."""
+    if stream:
+        cursor = last_event_id or after
+        after_seq = await run_in_threadpool(_event_seq, session, job.id, cursor) if cursor else 0
+        return await open_event_stream(request, job.id, principal.owner, after_seq)
     query = select(JobEvent).where(JobEvent.job_id == job.id)
-    rows, has_more = page_after(session, query, JobEvent, after, limit)
+    rows, has_more = await run_in_threadpool(page_after, session, query, JobEvent, after, limit)
     return EventsPublic(data=[EventPublic.of(e) for e in rows], has_more=has_more)
+
+
+def _event_seq(session, job_id: str, event_id: str) -> int:
+    """Where a stream resumes: the seq of one of the job's events (400 for an id that is not one)."""
+    seq = session.scalar(select(JobEvent.seq).where(JobEvent.id == event_id, JobEvent.job_id == job_id))
+    if seq is None:
+        raise unknown_cursor(event_id)
+    return seq
 
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointsPublic)

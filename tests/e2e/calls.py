@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import httpx
 
@@ -71,3 +72,37 @@ def wait_for_event(client: httpx.Client, job_id: str, kind: str, timeout: float 
             return found[0]
         time.sleep(0.3)
     raise AssertionError(f"no {kind} event for {job_id} within {timeout}s")
+
+
+# ---------------------------------------------------------------- event streams
+
+
+def stream_events(client: httpx.Client, job_id: str, last_event_id: str | None = None, **params):
+    """The job's Server-Sent Events stream (a context manager giving the open response)."""
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    url = f"/v1/fine_tuning/jobs/{job_id}/events"
+    return client.stream("GET", url, params={"stream": "true", **params}, headers=headers, timeout=60)
+
+
+def sse_frames(response: httpx.Response) -> Iterator[dict]:
+    """Frames as they arrive: {"event", "id", "data"} (data parsed), or {"comment"} for a comment line."""
+    frame: dict = {}
+    for line in response.iter_lines():
+        if line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        elif line:
+            name, _, value = line.partition(": ")
+            frame[name] = value
+        elif frame:
+            yield {"event": frame.get("event", "message"), "id": frame.get("id"), "data": json.loads(frame["data"])}
+            frame = {}
+
+
+def read_stream(response: httpx.Response) -> tuple[list[dict], list[dict]]:
+    """Every frame until the server closes the stream: (events, frames after the events: the end)."""
+    events, rest = [], []
+    for frame in sse_frames(response):
+        if "comment" in frame:
+            continue
+        (rest if rest or frame["event"] != "message" else events).append(frame)
+    return events, rest

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import LOCAL_MODEL, free_port
-from tests.e2e.calls import create_job, events, upload_ok, wait_for
+from tests.e2e.calls import create_job, events, stream_events, upload_ok, wait_for
 from tests.facts import chat_rows
 
 pytestmark = pytest.mark.e2e
@@ -64,6 +65,27 @@ def _ctrl_c(process) -> None:
     assert not [pid for pid in children if _alive(pid)]
 
 
+def _hold_event_stream(client: httpx.Client, job_id: str) -> list[str]:
+    """Reads the job's event stream in a thread until the server closes it, then appends "closed" to the list
+    returned (an error instead if the connection broke); returns once the stream is open."""
+    opened, outcome = threading.Event(), []
+
+    def read() -> None:
+        try:
+            with stream_events(client, job_id) as response:
+                assert response.status_code == 200
+                opened.set()
+                for _ in response.iter_lines():
+                    pass
+            outcome.append("closed")
+        except Exception as exc:
+            outcome.append(repr(exc))
+
+    threading.Thread(target=read, daemon=True).start()
+    assert opened.wait(timeout=10)
+    return outcome
+
+
 def test_up_generates_a_key_and_ctrl_c_stops_everything_keeping_the_job(tmp_path):
     port = free_port()
     process, key = _start_up(tmp_path, port)
@@ -106,9 +128,14 @@ def test_ctrl_c_while_a_large_file_is_validated_stops_within_seconds(tmp_path):
         while not [e for e in events(client, job_id) if e["message"].startswith("Validating training file:")]:
             assert time.monotonic() < deadline
             time.sleep(0.2)
+        streams = [_hold_event_stream(client, job_id) for _ in range(2)]  # open streams must not delay the stop
         stopping = time.monotonic()
         _ctrl_c(process)
         assert time.monotonic() - stopping < 15
+        deadline = time.monotonic() + 5
+        while not all(streams) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert streams == [["closed"], ["closed"]]  # ended by the server, before it stopped
     finally:
         if process.poll() is None:
             process.kill()
