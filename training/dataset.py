@@ -183,13 +183,12 @@ def tokenized_chunks(
         return
     import multiprocessing
 
-    # Forked from a fork server (a clean single-threaded process started once), not from the validator's
-    # threads; the modules a process needs are imported there once, so each process starts in milliseconds.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, type(tokenizer).__module__])
+    # Spawned (fresh interpreters, a second or two to start), not forked from the validator's threads, and
+    # children of this thread, so the kernel ends them with it (a fork server's children would outlive a
+    # killed validator: each holds the server's keep-alive pipe, and the server waits for them).
     executor = ProcessPoolExecutor(
-        processes, mp_context=context, initializer=_start_process,
-        initargs=(tokenizer, max_length, train_on_inputs, id_type),
+        processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_process,
+        initargs=(os.getpid(), tokenizer, max_length, train_on_inputs, id_type),
     )  # fmt: skip
     try:
         pending: deque = deque()
@@ -206,17 +205,19 @@ def tokenized_chunks(
 _process_job: tuple = ()
 
 
-def _start_process(tokenizer, max_length: int | None, train_on_inputs: bool, id_type: str) -> None:
-    """In each pool process: keep the job's settings; Ctrl-C and SIGTERM are the parent's to handle (it
-    closes the pool), and the kernel kills the process if the fork server, hence the parent, is gone."""
-    global _process_job
-    _process_job = (tokenizer, max_length, train_on_inputs, id_type)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism; threads would contend
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _start_process(parent: int, tokenizer, max_length: int | None, train_on_inputs: bool, id_type: str) -> None:
+    """In each pool process: the kernel kills it when its parent (thread) ends, even by SIGKILL; Ctrl-C and
+    SIGTERM are the parent's to handle (it closes the pool); the job's settings are kept for its chunks."""
     import ctypes
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism; threads would contend
+    global _process_job
+    _process_job = (tokenizer, max_length, train_on_inputs, id_type)
 
 
 def _tokenize_in_process(chunk: Chunk) -> TokenizedChunk:
