@@ -6,6 +6,12 @@ oldest first, then each new one as its tail (api/event_tails.py) reads it; each 
 Once the job has succeeded, failed or been cancelled it sends `event: end` with the job object and closes.
 Database work runs in worker threads, each read in its own short connection: nothing is held open for the
 stream's lifetime.
+
+A resume continues after its cursor's `seq`. Within one stream an event whose transaction commits after a
+later event's is still sent (the tail's lookback, api/event_tails.py); across a reconnect it is not if the
+client had already received the later event before the earlier one committed: the cursor, an event id, cannot
+say which earlier events the client lacks. That takes a client reconnecting within the milliseconds between
+two such commits.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ async def _frames(
 ) -> AsyncIterator[bytes]:
     slots.hold(slot)
     subscription = None
+    cursor = after_seq
     try:
         # Subscribed before the backlog is read: whatever commits meanwhile is in one or the other (or both).
         subscription = await hub.subscribe(job_id)
@@ -93,7 +100,9 @@ async def _frames(
             elif item is CLOSED:
                 return
             elif isinstance(item, StreamEvent):
-                if sent.add(item.id):
+                # Not at or before the cursor: a tail's read that was under way as this stream resumed can
+                # bring the events the client had already, up to the one it resumes after.
+                if item.seq > cursor and sent.add(item.id):
                     yield item.frame
             elif isinstance(item, bytes):
                 yield item  # the end frame

@@ -131,7 +131,7 @@ def jobs_events(connection: Connection, args: argparse.Namespace) -> int:
         return 0
     for kind, value in follow(connection, args.job_id):
         if kind == "end":
-            return 0 if args.json else report_outcome(value)
+            return report_outcome(value, quiet=args.json)
         if args.json:
             print_json(value, indent=None)  # one event per line
         else:

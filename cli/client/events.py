@@ -63,6 +63,9 @@ def follow(connection: Connection, job_id: str, after: str | None = None) -> Ite
                         return
                     last = frame.id or last
                     yield "event", json.loads(frame.data)
+            failures += 1  # closed without `end` (the server stopping): counted, so an empty loop gives up
+            if failures > RECONNECTS:
+                raise CommandError(f"the event stream of {job_id} keeps closing without an end")
         except CommandError as error:
             if error.status is not None and error.status < 500:  # an answer: retrying will not change it
                 raise

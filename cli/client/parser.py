@@ -84,7 +84,10 @@ def add_client_commands(commands: argparse._SubParsersAction, model_commands: ar
     watch.set_defaults(func=_run("jobs_watch"))
     events = job_commands.add_parser("events", parents=[read], help="A job's events, oldest first")
     events.add_argument("job_id", help="Job id (ftjob-...)")
-    events.add_argument("--follow", "-f", action="store_true", help="Keep printing new events until the job ends")
+    events.add_argument(
+        "--follow", "-f", action="store_true",
+        help="Keep printing new events until the job ends (then exit 0 if it succeeded, else 1)",
+    )  # fmt: skip
     events.set_defaults(func=_run("jobs_events"))
     download = job_commands.add_parser(
         "download", parents=[target], help="Download the adapter (.tar.gz), resuming a partial file"

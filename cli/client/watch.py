@@ -131,15 +131,23 @@ def watch(connection: Connection, job_id: str) -> int:
                 if not live:
                     out.print(f"{when(value['created_at'])}  {value['message']}", soft_wrap=True)
             if time.monotonic() - refreshed >= JOB_REFRESH_SECONDS:
-                view.apply_job(connection.get(f"fine_tuning/jobs/{job_id}"))
                 refreshed = time.monotonic()
+                try:
+                    view.apply_job(connection.get(f"fine_tuning/jobs/{job_id}"))
+                except CommandError as error:
+                    if error.status is not None and error.status < 500:
+                        raise
+                    # unreachable for now: the event stream reconnects by itself; the status catches up later
             if live:
                 live.update(render(view, progress, task))
     return report_outcome(view.job)
 
 
-def report_outcome(job: dict[str, Any]) -> int:
+def report_outcome(job: dict[str, Any], quiet: bool = False) -> int:
+    """0 if the job succeeded, else 1; said on stdout (success) or stderr, unless `quiet`."""
     status = job["status"]
+    if quiet:
+        return 0 if status == "succeeded" else 1
     if status == "succeeded":
         out.print(f"{job['id']} succeeded: {job['fine_tuned_model']} ({job.get('trained_tokens') or 0:,} tokens)")
         return 0
