@@ -105,7 +105,7 @@ def test_up_generates_a_key_and_ctrl_c_stops_everything_keeping_the_job(tmp_path
             httpx.get(f"http://127.0.0.1:{port}/healthz")
 
         process, _ = _start_up(tmp_path, port)  # the same data folder: the job continues
-        finished = wait_for(client, job_id, timeout=180)
+        finished = wait_for(client, job_id, timeout=420)  # 40 epochs on a CPU that may be shared
         assert finished["status"] == "succeeded", finished["error"]
         resumed = [e for e in events(client, job_id) if "resumed_from_step" in (e.get("data") or {})]
         assert resumed and resumed[0]["data"]["resumed_from_step"] >= 20
