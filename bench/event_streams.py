@@ -1,23 +1,26 @@
 """Event streams under load: many clients streaming one job's events, and job polling beside them.
 
     python bench/event_streams.py [--streams 200] [--events 120] [--rate 4] [--api-workers 2] [--seconds 10]
-                                  [--quiet 8]
+                                  [--quiet 8] [--clients-nice 0]
 
 Starts PostgreSQL, redis-server and `loraq api` (uvicorn, --api-workers processes) as bench/api_load.py does,
-and creates a job (no validator runs, so it stays in validating_files). Then:
+and creates two jobs (no validator runs, so they stay in validating_files). Then:
 
-1. polling without streams: `wrk` on GET /v1/fine_tuning/jobs/{id} for --seconds while events are written
-   to that job at --rate per second (as below, so the job's row changes as often), the baseline;
-2. --streams clients open GET .../events?stream=true on that job (all in this process, httpx on asyncio);
-   once every one has its backlog, this process writes --events metrics events at --rate per second, each
-   with the job's progress in one transaction as a worker's supervisor does, noting when each commit
-   returned; every client notes when each event arrived. For --quiet seconds the API processes' CPU time is
-   measured, then `wrk` polls the job again while events are still written. Last the job is cancelled, and
-   every stream must end with `event: end`;
+1. polling without streams: `wrk` on GET /v1/fine_tuning/jobs/{id} of the first job for --seconds while
+   events are written to it at --rate per second (as below, so its row changes as often), the baseline;
+2. --streams clients open GET .../events?stream=true on the second job (in one process of their own, httpx
+   on asyncio, at --clients-nice); once every one has its backlog, this process writes --events metrics
+   events to it at --rate per second, each with the job's progress in one transaction as a worker's
+   supervisor does, noting when each commit returned; every client notes when each event arrived. For
+   --quiet seconds the CPU time of the API processes and of the clients is measured, then `wrk` polls that
+   job while events are still written. Last the job is cancelled, and every stream must end with `event: end`;
 3. the baseline again (the machine's load drifts; the two baselines show by how much).
 
 Prints whether every client received every event exactly once, the time from commit to arrival over all
-clients and events (median, p99, max), and polling's requests/s and p99 without and with the streams.
+clients and events (median, p99, max), the CPU shares, and polling's requests/s, latency and the API
+processes' CPU without and with the streams. Everything shares this machine's cores: run once as it is for
+the delivery times, and once with --clients-nice 19 for polling beside the streams (the clients then yield
+the CPU to the server, as clients on other machines would, and their arrival times are late).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -124,8 +128,8 @@ def children(pid: int) -> list[int]:
     return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
 
 
-async def stream_phase(args, api: str, api_pids: list[int], job_id: str, database_url: str, poll: dict):
-    """The streams, the writer and, after a quiet stretch measuring CPU, wrk: (clients, commit times, CPU)."""
+async def open_streams(args, api: str, job_id: str, live) -> list[Client]:
+    """The clients, until every stream has ended; `live()` once all have their backlog."""
     clients = [Client() for _ in range(args.streams)]
     ready, opened = asyncio.Event(), list[Client]()
     limits = httpx.Limits(max_connections=args.streams + 10, max_keepalive_connections=0)
@@ -135,33 +139,54 @@ async def stream_phase(args, api: str, api_pids: list[int], job_id: str, databas
         url = f"/v1/fine_tuning/jobs/{job_id}/events"
         tasks = [asyncio.create_task(follow(http, url, client, opened, args.streams, ready)) for client in clients]
         await asyncio.wait_for(ready.wait(), timeout=120)
-        print(f"{len(opened)} streams live; writing {args.events} events at {args.rate}/s", flush=True)
-        committed: dict[int, float] = {}
-        writer = threading.Thread(target=write_events, args=(database_url, job_id, args.events, args.rate, committed))
-
-        def measure_polling() -> None:
-            poll["start"] = time.time()
-            poll.update(wrk_job(args, api, job_id))
-            poll["end"] = time.time()
-
-        poller = threading.Thread(target=measure_polling)
-        writer.start()
-        await asyncio.sleep(1.0)
-        before = time.monotonic(), cpu_seconds(api_pids), time.process_time()
-        await asyncio.sleep(args.quiet)
-        after = time.monotonic(), cpu_seconds(api_pids), time.process_time()
-        cpu = {"api": (after[1] - before[1]) / (after[0] - before[0]),
-               "clients": (after[2] - before[2]) / (after[0] - before[0])}  # fmt: skip
-        poller.start()
+        live()
         await asyncio.gather(*tasks)
-        writer.join()
-        poller.join()
+    return clients
+
+
+def run_clients(args, api: str, job_id: str, pipe) -> None:
+    """The clients' process (at --clients-nice): says "live", then sends the clients back."""
+    os.nice(args.clients_nice)
+    pipe.send(asyncio.run(open_streams(args, api, job_id, lambda: pipe.send("live"))))
+
+
+def stream_phase(args, api: str, api_pids: list[int], job_id: str, database_url: str, poll: dict):
+    """The streams (in their own process), the writer and, after a quiet stretch measuring CPU, wrk:
+    (clients, commit times, CPU shares)."""
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    clients_process = multiprocessing.get_context("fork").Process(target=run_clients, args=(args, api, job_id, sender))
+    clients_process.start()
+    if not receiver.poll(180) or receiver.recv() != "live":
+        raise RuntimeError("the streams did not open")
+    print(f"{args.streams} streams live; writing {args.events} events at {args.rate}/s", flush=True)
+    committed: dict[int, float] = {}
+    writer = threading.Thread(target=write_events, args=(database_url, job_id, args.events, args.rate, committed))
+    writer.start()
+    time.sleep(1.0)
+    before = time.monotonic(), cpu_seconds(api_pids), cpu_seconds([clients_process.pid])
+    time.sleep(args.quiet)
+    after = time.monotonic(), cpu_seconds(api_pids), cpu_seconds([clients_process.pid])
+    cpu = {"api": (after[1] - before[1]) / (after[0] - before[0]),
+           "clients": (after[2] - before[2]) / (after[0] - before[0])}  # fmt: skip
+    poll["start"] = time.time()
+    poll.update(wrk_job(args, api, job_id))
+    poll["end"] = time.time()
+    writer.join()
+    clients = receiver.recv()
+    clients_process.join()
     return clients, committed, cpu
 
 
+API_PIDS: list[int] = []  # the uvicorn workers, once started: their CPU time is read around each wrk run
+
+
 def wrk_job(args, api: str, job_id: str) -> dict[str, float]:
+    """wrk's figures, and `api_cpu`: the API processes' CPU time per second meanwhile, in cores."""
     auth = {"Authorization": f"Bearer {KEY}"}
-    return wrk(f"{api}/v1/fine_tuning/jobs/{job_id}", args.connections, args.seconds, auth)
+    started, cpu = time.monotonic(), cpu_seconds(API_PIDS)
+    result = wrk(f"{api}/v1/fine_tuning/jobs/{job_id}", args.connections, args.seconds, auth)
+    result["api_cpu"] = (cpu_seconds(API_PIDS) - cpu) / (time.monotonic() - started)
+    return result
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -178,6 +203,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=64, help="wrk connections polling the job")
     parser.add_argument("--seconds", type=int, default=10, help="Duration of each polling measurement")
     parser.add_argument("--quiet", type=float, default=8.0, help="Seconds of streaming measured before wrk starts")
+    parser.add_argument("--clients-nice", type=int, default=0,
+                        help="CPU niceness of the clients' process: they share the machine with the API, and at 19 "
+                        "they yield it, as clients elsewhere would (then their arrival times are late)")  # fmt: skip
     args = parser.parse_args()
     if args.events / args.rate < args.quiet + args.seconds + 2:
         sys.exit("--events / --rate must cover --quiet + --seconds + 2 seconds of writing")
@@ -194,12 +222,12 @@ def main() -> int:
     api = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{api}/healthz")
+        API_PIDS[:] = children(api_process.pid)
         polled_job, job_id = make_jobs(api, {"Authorization": f"Bearer {KEY}"}, 2)
         wrk_job(argparse.Namespace(**{**vars(args), "seconds": 2}), api, polled_job)  # warm up
         alone = poll_while_written(args, api, polled_job, postgres.url)
         with_streams: dict[str, float] = {}
-        api_pids = children(api_process.pid)
-        clients, committed, cpu = asyncio.run(stream_phase(args, api, api_pids, job_id, postgres.url, with_streams))
+        clients, committed, cpu = stream_phase(args, api, API_PIDS, job_id, postgres.url, with_streams)
         alone_after = poll_while_written(args, api, polled_job, postgres.url)
     finally:
         api_process.terminate()
@@ -223,13 +251,13 @@ def main() -> int:
         print(f"commit to arrival, {label}: median {statistics.median(values) * 1000:.0f} ms, "
               f"p99 {percentile(values, 0.99) * 1000:.0f} ms, max {max(values) * 1000:.0f} ms")  # fmt: skip
     print(f"CPU while streaming (before wrk): API processes {cpu['api']:.0%} of a core, "
-          f"this process's {args.streams} clients {cpu['clients']:.0%}\n")  # fmt: skip
+          f"the {args.streams} clients' process {cpu['clients']:.0%} (nice {args.clients_nice})\n")  # fmt: skip
     print(f"GET /v1/fine_tuning/jobs/{{id}} while {args.rate:g} events/s are written to the job:\n")
-    print("| event streams | requests/s | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: |")
+    print("| event streams | requests/s | p50 ms | p99 ms | API CPU (cores) |\n| --- | ---: | ---: | ---: | ---: |")
     polls = (("no streams, before", alone), (f"{args.streams} streams open", with_streams),
              ("no streams, after", alone_after))  # fmt: skip
     for name, result in polls:
-        print(f"| {name} | {result['rps']:.0f} | {result['p50']:.1f} | {result['p99']:.1f} |")
+        print(f"| {name} | {result['rps']:.0f} | {result['p50']:.1f} | {result['p99']:.1f} | {result['api_cpu']:.2f} |")
     return 0 if missed == 0 and duplicates == 0 and ended == args.streams else 1
 
 
