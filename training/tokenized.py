@@ -168,9 +168,12 @@ def tokenize_file(
         return TokenizedFile(final, json.loads(report_path.read_text()), reused=True)
     with TokenizedWriter(final, len(tokenizer)) as writer:
         report = file_report(path, tokenizer, max_seq_length, train_on_inputs, progress, processes, rows=writer)
-        staging = report_path.with_name(f".{report_path.name}.tmp")
-        staging.write_text(json.dumps(report))
-        fsync_rename(staging, report_path)  # before the rows: rows on storage always have their report
+        # A unique staging name: two validators may tokenize the same file at once (jobs on one file);
+        # both write the same bytes and the last rename wins.
+        fd, staging = tempfile.mkstemp(prefix=f".{report_path.name}.", dir=report_path.parent)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(report))
+        fsync_rename(Path(staging), report_path)  # before the rows: rows on storage always have their report
     return TokenizedFile(final, report, reused=False)
 
 

@@ -151,6 +151,40 @@ def test_a_second_pass_finds_the_copy_and_its_report(tmp_path):
     assert tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(tokenizer_with(QWEN25_TEMPLATE))
 
 
+def test_two_validators_tokenizing_one_file_at_once_both_succeed(tmp_path, monkeypatch):
+    """Jobs on one file are validated at once by different validators; neither may fail on the other's
+    staging file. Both stage their report before either renames (the race CI met)."""
+    import threading
+
+    import training.tokenized as tokenized
+
+    path = write_jsonl(tmp_path / "t.jsonl", chat_rows())
+    staged = threading.Barrier(2, timeout=60)
+    rename = tokenized.fsync_rename
+
+    def rename_once_both_staged(staging, final):
+        if final.suffix == ".json":
+            staged.wait()
+        rename(staging, final)
+
+    monkeypatch.setattr(tokenized, "fsync_rename", rename_once_both_staged)
+    results: list = []
+
+    def validate(tokenizer):
+        results.append(tokenize_file(path, "a" * 64, tokenizer, tmp_path / "tok", 2048, False))
+
+    threads = [threading.Thread(target=validate, args=(build_tiny_tokenizer(),)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2 and results[0].report == results[1].report
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == sorted(
+        [results[0].path.name, f"{results[0].path.stem}.json"]
+    )
+    assert open_tokenized(results[0].path).num_rows == results[0].report["examples"]
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_errors_come_at_their_line_after_the_rows_before_them(tmp_path, small_chunks, processes):
     tokenizer = build_tiny_tokenizer()
