@@ -49,6 +49,37 @@ def operator_models(tmp_path_factory) -> dict[str, str]:
     return {"LORAQ_BASE_MODELS": json.dumps(models)}
 
 
+# Cases whose production-shape variant adds little to the embedded one's (the same routes, checks and client
+# code; nothing in them differs by database or broker), so that variant runs only with `-m slow`. The cases
+# where the deployments differ keep both in the default run: a trained job end to end and its downloads, the
+# SDK, cancel of running and queued jobs, event streams replayed (LISTEN/NOTIFY on PostgreSQL, polling on
+# SQLite), idempotency keys and limits (unique constraints), owner isolation of every route.
+PRODUCTION_VARIANT_SLOW = {
+    "tests.e2e.test_bad_input",
+    "tests.e2e.test_validation_stage",
+    "tests.e2e.test_failures",
+    "tests.e2e.test_embedded_mode::test_operator_listed_local_model_trains",
+    "tests.e2e.test_event_stream::test_reconnects_while_events_are_written_miss_and_repeat_nothing",
+    "tests.e2e.test_event_stream::test_per_owner_limit_429_heartbeats_and_end_on_cancel",
+    "tests.e2e.test_event_stream::test_another_owner_gets_404",
+    "tests.e2e.test_cancel::test_cancelling_a_finished_job_is_a_400",
+    "tests.e2e.test_cancel::test_pollers_see_a_change_at_once_and_never_go_back",
+    "tests.cli.test_client_commands",
+    "tests.security.test_api_fuzz",
+    "tests.security.test_malformed_datasets",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or callspec.params.get("service") != "postgres+redis-server":
+            continue
+        module = item.module.__name__
+        if module in PRODUCTION_VARIANT_SLOW or f"{module}::{item.originalname}" in PRODUCTION_VARIANT_SLOW:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", params=["sqlite+embedded-redis", "postgres+redis-server"])
 def service(request, tmp_path_factory, operator_models):
     folder = tmp_path_factory.mktemp("deployment")
