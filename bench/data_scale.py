@@ -2,14 +2,17 @@
 
     python bench/data_scale.py                       # 5 MB and 50 MB
     python bench/data_scale.py --sizes 5 50 500      # and 500 MB (generating it takes about a minute,
-                                                     # validating it a few minutes on 2 busy cores)
+                                                     # validating it a few minutes on 2 cores)
+    python bench/data_scale.py --text plain --sizes 5 500 --no-train   # common words only, no training
 
 For each size it writes a chat JSONL file of generated rows (about 1 kB and 600 tokens each with the
 built-in tiny model's tokenizer: system prompts, one or two user/assistant turns, some of them longer than
 max_seq_length, some replies with weight 0), then:
 
 - validates it: `training.tokenized.tokenize_file`, the function the validator calls, with the validator's
-  processes (LORAQ_VALIDATOR_PROCESSES, or --processes): its wall time and tokens per second;
+  processes (LORAQ_VALIDATOR_PROCESSES, or --processes): its wall time and tokens per second, beside
+  "tokenizer alone": the file's size over the tokenizer's own encode speed (one thread, on its first 4 MB
+  of rows already rendered, nothing else done) times the processes, a floor no validation can go under;
 - trains on it: `loraq train --max_steps 5` with the validated rows where `loraq train` looks for them
   (<output_dir>/tokenized), so it memory-maps them instead of tokenizing; the peak resident memory of the
   whole process tree (polled every 50 ms) and the seconds from the start to the first training step.
@@ -49,11 +52,19 @@ _made_up = random.Random(1)
 VOCABULARY = WORDS * 12 + ["".join(_made_up.choices(SYLLABLES, k=_made_up.randint(1, 3))) for _ in range(2000)]
 
 
-def chat_row(rng: random.Random) -> dict:
-    """One generated conversation of common words and (four in five) made-up ones."""
+TEXTS = {
+    # Four in five words made up: the tiny tokenizer splits them into many short tokens (the costly case).
+    "made-up": VOCABULARY,
+    # Only the common words, which the tokenizer knows whole, as a real tokenizer knows most words of real text.
+    "plain": WORDS,
+}
+
+
+def chat_row(rng: random.Random, vocabulary: list[str] = VOCABULARY) -> dict:
+    """One generated conversation of words drawn from `vocabulary`."""
 
     def text(words: int) -> str:
-        return " ".join(rng.choices(VOCABULARY, k=words))
+        return " ".join(rng.choices(vocabulary, k=words))
 
     messages = [{"role": "system", "content": "You are a helpful assistant."}] if rng.random() < 0.3 else []
     for _ in range(rng.choice((1, 1, 2))):
@@ -67,14 +78,14 @@ def chat_row(rng: random.Random) -> dict:
     return {"messages": messages}
 
 
-def write_chat_file(path: Path, target_bytes: int, seed: int = 0) -> Path:
+def write_chat_file(path: Path, target_bytes: int, seed: int = 0, vocabulary: list[str] = VOCABULARY) -> Path:
     """Generated rows until the file holds `target_bytes` (written to a temporary name, then renamed)."""
     rng = random.Random(seed)
     staging = path.with_name(f".{path.name}.tmp")
     written = 0
     with staging.open("w") as handle:
         while written < target_bytes:
-            line = json.dumps(chat_row(rng)) + "\n"
+            line = json.dumps(chat_row(rng, vocabulary)) + "\n"
             handle.write(line)
             written += len(line.encode())
     staging.replace(path)
@@ -97,6 +108,29 @@ def validate(path: Path, folder: Path, model_path: str, processes: int) -> dict:
     report = found.report
     return {"rows": report["examples"], "tokens": report["tokens"], "validate_s": seconds,
             "tokens_per_s": report["tokens"] / seconds, "tokenized_bytes": found.path.stat().st_size}  # fmt: skip
+
+
+def tokenizer_floor(path: Path, model_path: str, sample_bytes: int = 4_000_000) -> float:
+    """Bytes per second of the tokenizer's own encode (Rust, one thread, no offsets kept in Python, no masks)
+    on the file's first rows already rendered by the chat template: what one validation process can never
+    beat, however little else it does."""
+    from transformers import AutoTokenizer
+
+    from loraq.dataset_format import parse_line
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    conversations, size = [], 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if size >= sample_bytes:
+                break
+            conversations.append(parse_line(number, raw)["messages"])
+            size += len(raw)
+    texts = tokenizer.apply_chat_template(conversations, tokenize=False)
+    backend = tokenizer.backend_tokenizer
+    started = time.monotonic()
+    backend.encode_batch(texts, add_special_tokens=False)
+    return size / (time.monotonic() - started)
 
 
 def train(path: Path, output: Path, model_cache: Path) -> dict:
@@ -149,6 +183,8 @@ def main() -> None:
                         help="Validation processes (default: LORAQ_VALIDATOR_PROCESSES, else the cores)")  # fmt: skip
     parser.add_argument("--folder", type=Path, default=Path("/tmp/loraq-data-scale"), help="Working folder")
     parser.add_argument("--no-train", action="store_true", help="Only the validation stage")
+    parser.add_argument("--text", choices=sorted(TEXTS), default="made-up",
+                        help="made-up: mostly made-up words, finely split (default); plain: common words")  # fmt: skip
     args = parser.parse_args()
     processes = args.processes or get_settings().resolved_validator_processes
     args.folder.mkdir(parents=True, exist_ok=True)
@@ -156,13 +192,15 @@ def main() -> None:
     model_path = model_source("loraq-tiny-chat", model_cache)
     results = []
     for size in args.sizes:
-        path = args.folder / f"chat-{size}mb.jsonl"
+        stem = "chat" if args.text == "made-up" else f"chat-{args.text}"
+        path = args.folder / f"{stem}-{size}mb.jsonl"
         if not path.exists() or path.stat().st_size < size * 1_000_000:
             started = time.monotonic()
-            write_chat_file(path, size * 1_000_000)
+            write_chat_file(path, size * 1_000_000, vocabulary=TEXTS[args.text])
             print(f"generated {path} in {time.monotonic() - started:.0f} s", flush=True)
-        output = args.folder / f"train-{size}mb"
+        output = args.folder / f"train-{stem}-{size}mb"
         row = {"bytes": path.stat().st_size, **validate(path, output / "tokenized", model_path, processes)}
+        row["floor_s"] = row["bytes"] / (tokenizer_floor(path, model_path) * processes)
         print(f"validated {size} MB: {json.dumps(row)}", flush=True)
         if not args.no_train:
             row.update(train(path, output, model_cache))
@@ -173,13 +211,15 @@ def main() -> None:
 
 def print_table(results: list[dict], processes: int) -> None:
     print(f"\nvalidation with {processes} process(es) on {psutil.cpu_count()} cores\n")
-    print("| file | rows | tokens | validation | tokens/s | peak RSS, loraq train --max_steps 5 | to first step |")
-    print("|---|---|---|---|---|---|---|")
+    print("| file | rows | tokens | validation | tokens/s | MB/s | tokenizer alone | peak RSS, loraq train "
+          "--max_steps 5 | to first step |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         rss = f"{r['peak_rss'] / 2**20:.0f} MiB" if "peak_rss" in r else "-"
         first = f"{r['to_first_step_s']:.1f} s (rows mapped in {r['rows_load_s']:.2f} s)" if "peak_rss" in r else "-"
         print(f"| {r['bytes'] / 1e6:.0f} MB | {r['rows']:,} | {r['tokens']:,} | {r['validate_s']:.1f} s | "
-              f"{r['tokens_per_s'] / 1e6:.2f} M | {rss} | {first} |")  # fmt: skip
+              f"{r['tokens_per_s'] / 1e6:.2f} M | {r['bytes'] / r['validate_s'] / 1e6:.1f} | "
+              f"{r['floor_s']:.0f} s | {rss} | {first} |")  # fmt: skip
     trained = [r for r in results if "peak_rss" in r]
     if len(trained) >= 2:
         low, high = trained[0], trained[-1]
