@@ -11,12 +11,14 @@ training.run.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import platform
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from trl import SFTConfig
 
 from loraq.storage import sha256_of, staged_directory
+from training import distributed
 from training.config import TrainingConfig
 from training.hardware import (
     HardwareError,
@@ -114,8 +117,9 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
     # memory: TRL's preparation is skipped, and the trainer's sampler and resume work on row indices); its
     # padding-free collator concatenates each optimizer step's examples and PackedSFTTrainer cuts them into
     # micro-batches of at most `budget` tokens (training.packing).
-    train_ds = load_rows(config, tokenizer, "train")
-    eval_ds = load_rows(config, tokenizer, "eval") if config.eval_path else None
+    with main_process_first():  # rank 0 tokenizes a file that has no tokenized copy yet; the others read it
+        train_ds = load_rows(config, tokenizer, "train")
+        eval_ds = load_rows(config, tokenizer, "eval") if config.eval_path else None
     budget = token_budget(row_lengths(train_ds), hp.batch_size)
     checkpointing = use_gradient_checkpointing(hp.gradient_checkpointing, model, budget, precision["dtype"])
     args = SFTConfig(
@@ -125,10 +129,12 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         padding_free=True,
         num_train_epochs=hp.n_epochs,
         max_steps=hp.max_steps or -1,  # -1: the epochs decide
-        per_device_train_batch_size=hp.batch_size * hp.gradient_accumulation_steps,  # one optimizer step
+        # One optimizer step's examples, shared evenly by the processes (training.config checks they can be).
+        per_device_train_batch_size=hp.batch_size * hp.gradient_accumulation_steps // config.nproc_per_node,
         per_device_eval_batch_size=hp.batch_size,
         gradient_accumulation_steps=1,
         activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},  # reentrant marks LoRA grads twice under DDP
         learning_rate=hp.effective_learning_rate,
         lr_scheduler_type=hp.lr_scheduler_type,
         warmup_steps=hp.warmup_ratio,  # a float below 1 is a ratio of the total steps in transformers 5
@@ -148,6 +154,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized, masked and truncated
+        **parallel_arguments(config),
     )
     peft_config = LoraConfig(
         r=hp.lora_r,
@@ -170,6 +177,63 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
     apply_speedups(trainer, resolve_speedups(config.speedups))
     trainer.remove_callback(PrinterCallback)  # our ProgressCallback reports the same, readably
     return trainer
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+def parallel_arguments(config: TrainingConfig) -> dict:
+    """Trainer arguments for a run on several processes (training.distributed): DDP with every LoRA weight
+    used in every step (no search for unused parameters) and buffers left alone (LoRA has none to sync), or
+    FSDP sharding each decoder layer; nothing for one process."""
+    if config.nproc_per_node == 1:
+        return {}
+    if distributed.world_size() != config.nproc_per_node:
+        raise HardwareError(
+            f"nproc_per_node is {config.nproc_per_node} but {distributed.world_size()} processes were started; "
+            "run through `python -m training.run` (it launches torchrun itself)"
+        )
+    if torch.cuda.is_available() and torch.cuda.device_count() < config.nproc_per_node:
+        raise HardwareError(
+            f"the job asks for {config.nproc_per_node} GPUs but this worker sees {torch.cuda.device_count()}; "
+            "route it to a worker started with `loraq worker --gpus-per-job` of that size"
+        )
+    if config.strategy == "fsdp":
+        if not torch.cuda.is_available():
+            raise HardwareError(
+                'resources.strategy "fsdp" needs NVIDIA GPUs (sharded training is not run on CPU workers); '
+                'submit with "ddp"'
+            )
+        return {
+            "fsdp": "full_shard auto_wrap",
+            # Sharded LoRA: frozen and trainable weights share flat parameters only with use_orig_params.
+            "fsdp_config": {"version": 2, "use_orig_params": True, "cpu_ram_efficient_loading": False},
+        }
+    return {"ddp_find_unused_parameters": False, "ddp_broadcast_buffers": False, **_cpu_arguments()}
+
+
+def _cpu_arguments() -> dict:
+    """On a CPU the ranks talk through gloo (transformers would otherwise not see a distributed CPU run)."""
+    return {} if torch.cuda.is_available() else {"use_cpu": True, "ddp_backend": "gloo"}
+
+
+def join_process_group(config: TrainingConfig) -> None:
+    """Join the ranks' process group before anything else does (loading the model would, on its own terms),
+    through accelerate's shared state, which the trainer then reuses."""
+    if config.nproc_per_node > 1:
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first; the others wait for it, then run it (as is with one process)."""
+    if not distributed.is_main_process():
+        distributed.wait_for_all()
+    yield
+    if distributed.is_main_process():
+        distributed.wait_for_all()
 
 
 # --------------------------------------------------------------------------- save
@@ -219,9 +283,10 @@ def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dic
 
 def train(config: TrainingConfig) -> dict:
     """Train and save; returns the outcome record (also appended to the progress file)."""
-    writer = ProgressWriter(config.progress_path)
+    writer = ProgressWriter(config.progress_path if distributed.is_main_process() else None)
     callback = ProgressCallback(writer, config.stop_path, config.max_train_seconds)
     torch.manual_seed(config.seed)
+    join_process_group(config)
     config = with_dataset_hashes(config)
     model_path = resolve_base_model(config)
     trainer = build_trainer(config, model_path, callback)
@@ -245,6 +310,8 @@ def train(config: TrainingConfig) -> dict:
     if callback.stopped_early:
         writer.write("stopped", reason=callback.stop_reason, **summary)
         return {"type": "stopped", "reason": callback.stop_reason, **summary}
+    if not distributed.is_main_process():  # rank 0 saves the adapter and the result files
+        return {"type": "completed", **summary}
     folder = save_adapter(trainer, config, summary)
     results = write_results(trainer, config)
     writer.write("completed", adapter_dir=str(folder), result_files=results, **summary)
