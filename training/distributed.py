@@ -50,11 +50,11 @@ def launcher_command(nproc_per_node: int, program_args: list[str]) -> list[str]:
 
 
 def launcher_environment(nproc_per_node: int) -> dict[str, str]:
-    """torchrun sets OMP_NUM_THREADS=1 for every rank when unset, which starves CPU ranks; give each its share."""
-    env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc_per_node))
-    return env
+    """Each rank gets its share of the CPU threads this run was given (OMP_NUM_THREADS, else every core):
+    torchrun would give each one thread when unset, and the whole allowance to each when set."""
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    share = str(max(1, threads // nproc_per_node))
+    return dict(os.environ, OMP_NUM_THREADS=share, MKL_NUM_THREADS=share)
 
 
 def exec_under_launcher(nproc_per_node: int, program_args: list[str]) -> None:
@@ -73,6 +73,25 @@ def die_with_launcher() -> None:
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() == 1:  # the launcher died before the call above
         os._exit(1)
+
+
+def lost_a_peer(exc: BaseException) -> bool:
+    """Whether `exc` is this rank's collective failing because another rank died (gloo: the peer closed the
+    connection; NCCL: the communicator was aborted). That rank's death is the story; torchrun reports it."""
+    if world_size() == 1:
+        return False
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(sign in text for sign in PEER_LOST_SIGNS)
+
+
+PEER_LOST_SIGNS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "remote worker crashing",
+    "communicator was aborted",
+)
 
 
 # --------------------------------------------------------------------------- collectives

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         result = train(config)
     except BaseException as exc:
+        if distributed.lost_a_peer(exc):  # another rank died: no failure of ours to report
+            traceback.print_exc()
+            return 1
         failure = describe_failure(exc)
         ProgressWriter(config.progress_path).write("failed", **failure)  # from whichever rank failed
         if args.config is not None or failure["code"] == "training_error":
