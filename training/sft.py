@@ -133,7 +133,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         per_device_train_batch_size=hp.batch_size * hp.gradient_accumulation_steps // config.nproc_per_node,
         per_device_eval_batch_size=hp.batch_size,
         gradient_accumulation_steps=1,
-        activation_checkpointing=checkpointing,
+        activation_checkpointing=checkpointing and not sharded(config),  # FSDP does its own (below)
         activation_checkpointing_kwargs={"use_reentrant": False},  # reentrant marks LoRA grads twice under DDP
         learning_rate=hp.effective_learning_rate,
         lr_scheduler_type=hp.lr_scheduler_type,
@@ -154,7 +154,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized, masked and truncated
-        **parallel_arguments(config),
+        **parallel_arguments(config, checkpointing),
     )
     peft_config = LoraConfig(
         r=hp.lora_r,
@@ -182,10 +182,10 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
 # --------------------------------------------------------------------------- several processes
 
 
-def parallel_arguments(config: TrainingConfig) -> dict:
+def parallel_arguments(config: TrainingConfig, checkpointing: bool = False) -> dict:
     """Trainer arguments for a run on several processes (training.distributed): DDP with every LoRA weight
     used in every step (no search for unused parameters) and buffers left alone (LoRA has none to sync), or
-    FSDP sharding each decoder layer; nothing for one process."""
+    FSDP2 sharding each decoder layer (on a CPU too: gloo); nothing for one process."""
     if config.nproc_per_node == 1:
         return {}
     if distributed.world_size() != config.nproc_per_node:
@@ -199,15 +199,17 @@ def parallel_arguments(config: TrainingConfig) -> dict:
             "route it to a worker started with `loraq worker --gpus-per-job` of that size"
         )
     if config.strategy == "fsdp":
-        if not torch.cuda.is_available():
-            raise HardwareError(
-                'resources.strategy "fsdp" needs NVIDIA GPUs (sharded training is not run on CPU workers); '
-                'submit with "ddp"'
-            )
         return {
-            "fsdp": "full_shard auto_wrap",
-            # Sharded LoRA: frozen and trainable weights share flat parameters only with use_orig_params.
-            "fsdp_config": {"version": 2, "use_orig_params": True, "cpu_ram_efficient_loading": False},
+            # FSDP2: each decoder layer (the model's _no_split_modules) one shard unit; per-parameter sharding,
+            # so frozen base weights and trainable LoRA weights need no flat-parameter arrangement.
+            "fsdp": True,
+            # Its activation checkpointing: the trainer's own would gather each layer's shards once more.
+            "fsdp_config": {
+                "version": 2,
+                "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                "activation_checkpointing": checkpointing,
+            },
+            **_cpu_arguments(),
         }
     return {"ddp_find_unused_parameters": False, "ddp_broadcast_buffers": False, **_cpu_arguments()}
 
@@ -255,14 +257,25 @@ def library_versions() -> dict:
     }
 
 
-def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dict) -> Path:
-    """Write adapter, tokenizer, chat template and loraq.json to a temporary folder, then rename it."""
+def sharded(config: TrainingConfig) -> bool:
+    return config.nproc_per_node > 1 and config.strategy == "fsdp"
+
+
+def gathered_weights(trainer: PackedSFTTrainer, config: TrainingConfig) -> dict | None:
+    """With FSDP, the model's full weights gathered from every rank's shards (every rank must call this; rank
+    0 gets them); None otherwise (each rank holds the whole model)."""
+    return trainer.accelerator.get_state_dict(trainer.model) if sharded(config) else None
+
+
+def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dict, weights: dict | None = None) -> Path:
+    """Write adapter, tokenizer, chat template and loraq.json to a temporary folder, then rename it. `weights`:
+    the gathered state dict of a sharded model (gathered_weights)."""
     final = Path(config.output_dir)
     config = with_dataset_hashes(config)
     # `loraq train --output_dir` keeps the seed's layout (checkpoints beside the adapter), so an existing
     # folder is updated file by file; the worker's adapter folder is new and appears in one rename.
     with staged_directory(final, merge_into_existing=True) as staging:
-        trainer.model.save_pretrained(staging)
+        trainer.model.save_pretrained(staging, **({"state_dict": weights} if weights is not None else {}))
         trainer.processing_class.save_pretrained(staging)
         record = {
             "config": json.loads(config.model_dump_json()),
@@ -288,7 +301,8 @@ def train(config: TrainingConfig) -> dict:
     torch.manual_seed(config.seed)
     join_process_group(config)
     config = with_dataset_hashes(config)
-    model_path = resolve_base_model(config)
+    with main_process_first():  # the built-in tiny model is generated once, by rank 0
+        model_path = resolve_base_model(config)
     trainer = build_trainer(config, model_path, callback)
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=config.resume_from)
@@ -310,9 +324,10 @@ def train(config: TrainingConfig) -> dict:
     if callback.stopped_early:
         writer.write("stopped", reason=callback.stop_reason, **summary)
         return {"type": "stopped", "reason": callback.stop_reason, **summary}
+    weights = gathered_weights(trainer, config)
     if not distributed.is_main_process():  # rank 0 saves the adapter and the result files
         return {"type": "completed", **summary}
-    folder = save_adapter(trainer, config, summary)
+    folder = save_adapter(trainer, config, summary, weights)
     results = write_results(trainer, config)
     writer.write("completed", adapter_dir=str(folder), result_files=results, **summary)
     return {"type": "completed", "adapter_dir": str(folder), "result_files": results, **summary}
@@ -323,7 +338,10 @@ def write_results(trainer: PackedSFTTrainer, config: TrainingConfig) -> list[str
     folder = Path(config.results_dir or Path(config.output_dir) / "results")
     folder.mkdir(parents=True, exist_ok=True)
     paths = [write_step_metrics(trainer.state.log_history, folder / "step_metrics.csv")]
-    if config.eval_path:
+    if config.eval_path and sharded(config):
+        # Generating on a sharded model would need every rank in step; the samples are left out.
+        logger.info("samples.jsonl is not written for FSDP jobs")
+    elif config.eval_path:
         paths.append(write_samples(trainer.model, trainer.processing_class, config.eval_path, folder / "samples.jsonl"))
     return [str(p) for p in paths]
 

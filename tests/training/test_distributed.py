@@ -77,21 +77,46 @@ def _losses(progress: Path) -> list[float]:
     return [r["train_loss"] for r in records if r["type"] == "metrics"]
 
 
+def _one_process(data: Path, output: Path, cache: Path) -> list[float]:
+    """The reference: the same run in this process; its losses per step."""
+    from training.sft import train
+
+    train(
+        TrainingConfig(
+            base_model="loraq-tiny-chat", model_cache_dir=str(cache), train_path=str(data), output_dir=str(output),
+            checkpoint_dir=str(output), progress_path=str(output / "progress.jsonl"),
+            hyperparameters=Hyperparameters(**HYPERPARAMETERS),
+        )
+    )  # fmt: skip
+    losses = _losses(output / "progress.jsonl")
+    assert len(losses) == 4  # 8 examples, 4 a step, 2 epochs: the steps of any number of processes
+    return losses
+
+
 @pytest.mark.training
 def test_two_processes_learn_what_one_learns(tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", ROWS)
-    cache = tmp_path / "cache"
-    _run(_train_command(data, tmp_path / "one", cache, 1))
-    _run(_train_command(data, tmp_path / "two", cache, 2))
+    one = _one_process(data, tmp_path / "one", tmp_path / "cache")
+    _run(_train_command(data, tmp_path / "two", tmp_path / "cache", 2))
 
     _assert_same_adapter(tmp_path / "one", tmp_path / "two")
-    one, two = _losses(tmp_path / "one" / "progress.jsonl"), _losses(tmp_path / "two" / "progress.jsonl")
-    assert len(one) == len(two) == 4  # the same steps: 8 examples, 4 a step, 2 epochs
-    assert two == pytest.approx(one, rel=1e-4)  # the logged loss is the whole step's, over both ranks
+    assert _losses(tmp_path / "two" / "progress.jsonl") == pytest.approx(one, rel=1e-4)  # the step's, both ranks
     # Every rank's RNG state is in the checkpoint, and its completeness marker lists them.
     checkpoint = tmp_path / "two" / "checkpoint-2"
     listed = json.loads((checkpoint / MARKER).read_text())["files"]
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(listed)
+
+
+@pytest.mark.training
+@pytest.mark.slow
+def test_two_sharded_processes_learn_what_one_learns(tmp_path):
+    """FSDP2 (gloo runs it on the CPU too): the weights gathered from both ranks' shards are the adapter."""
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    one = _one_process(data, tmp_path / "one", tmp_path / "cache")
+    _run(_train_command(data, tmp_path / "sharded", tmp_path / "cache", 2, "--strategy", "fsdp"))
+
+    _assert_same_adapter(tmp_path / "one", tmp_path / "sharded")
+    assert _losses(tmp_path / "sharded" / "progress.jsonl") == pytest.approx(one, rel=1e-4)
 
 
 @pytest.mark.training
