@@ -8,16 +8,24 @@ so a dead rank never leaves the others waiting in a collective until its timeout
 launcher (torchrun starts ranks in their own sessions, so the supervisor's kill of the launcher's process
 group alone would not reach them).
 
+The trainer's arguments for DDP (the default) and FSDP2 are set here too, along with the helpers that let
+rank 0 go first (generating the built-in model, tokenizing a file) and gather a sharded model's weights.
+
 Only rank 0 writes progress records, marks checkpoints complete and saves the adapter; decisions taken from
 files or clocks (stop now, time is up) are rank 0's, sent to every rank, so all ranks stop at the same step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from training.config import TrainingConfig
 
 # torchrun checks its ranks this often (its default is 0.1 s in recent versions; said here so it stays short).
 MONITOR_INTERVAL_SECONDS = 0.1
@@ -92,6 +100,83 @@ PEER_LOST_SIGNS = (
     "remote worker crashing",
     "communicator was aborted",
 )
+
+
+# --------------------------------------------------------------------------- the trainer on several processes
+
+
+def trainer_arguments(config: TrainingConfig, checkpointing: bool = False) -> dict:
+    """Trainer arguments for a run on several processes: DDP with every LoRA weight
+    used in every step (no search for unused parameters) and buffers left alone (LoRA has none to sync), or
+    FSDP2 sharding each decoder layer (on a CPU too: gloo); nothing for one process."""
+    import torch
+
+    from training.hardware import HardwareError
+
+    if config.nproc_per_node == 1:
+        return {}
+    if world_size() != config.nproc_per_node:
+        raise HardwareError(
+            f"nproc_per_node is {config.nproc_per_node} but {world_size()} processes were started; "
+            "run through `python -m training.run` (it launches torchrun itself)"
+        )
+    if torch.cuda.is_available() and torch.cuda.device_count() < config.nproc_per_node:
+        raise HardwareError(
+            f"the job asks for {config.nproc_per_node} GPUs but this worker sees {torch.cuda.device_count()}; "
+            "route it to a worker started with `loraq worker --gpus-per-job` of that size"
+        )
+    if config.strategy == "fsdp":
+        return {
+            # FSDP2: each decoder layer (the model's _no_split_modules) one shard unit; per-parameter sharding,
+            # so frozen base weights and trainable LoRA weights need no flat-parameter arrangement.
+            "fsdp": True,
+            # Its activation checkpointing: the trainer's own would gather each layer's shards once more.
+            "fsdp_config": {
+                "version": 2,
+                "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                "activation_checkpointing": checkpointing,
+            },
+            **_cpu_arguments(),
+        }
+    return {"ddp_find_unused_parameters": False, "ddp_broadcast_buffers": False, **_cpu_arguments()}
+
+
+def _cpu_arguments() -> dict:
+    """On a CPU the ranks talk through gloo (transformers would otherwise not see a distributed CPU run)."""
+    import torch
+
+    return {} if torch.cuda.is_available() else {"use_cpu": True, "ddp_backend": "gloo"}
+
+
+def join_process_group(config: TrainingConfig) -> None:
+    """Join the ranks' process group before anything else does (loading the model would, on its own terms),
+    through accelerate's shared state, which the trainer then reuses."""
+    if config.nproc_per_node > 1:
+        import torch
+        from accelerate import PartialState
+
+        PartialState(cpu=not torch.cuda.is_available())
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first; the others wait for it, then run it (as is with one process)."""
+    if not is_main_process():
+        wait_for_all()
+    yield
+    if is_main_process():
+        wait_for_all()
+
+
+def sharded(config: TrainingConfig) -> bool:
+    """Whether the model is sharded over the processes (FSDP)."""
+    return config.nproc_per_node > 1 and config.strategy == "fsdp"
+
+
+def gathered_weights(trainer: Any, config: TrainingConfig) -> dict | None:
+    """With FSDP, the model's full weights gathered from every rank's shards (every rank must call this; rank
+    0 gets them); None otherwise (each rank holds the whole model)."""
+    return trainer.accelerator.get_state_dict(trainer.model) if sharded(config) else None
 
 
 # --------------------------------------------------------------------------- collectives

@@ -11,14 +11,12 @@ training.run.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
 import os
 import platform
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -117,7 +115,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
     # memory: TRL's preparation is skipped, and the trainer's sampler and resume work on row indices); its
     # padding-free collator concatenates each optimizer step's examples and PackedSFTTrainer cuts them into
     # micro-batches of at most `budget` tokens (training.packing).
-    with main_process_first():  # rank 0 tokenizes a file that has no tokenized copy yet; the others read it
+    with distributed.main_process_first():  # rank 0 tokenizes a file that has no tokenized copy yet; the others read it
         train_ds = load_rows(config, tokenizer, "train")
         eval_ds = load_rows(config, tokenizer, "eval") if config.eval_path else None
     budget = token_budget(row_lengths(train_ds), hp.batch_size)
@@ -133,7 +131,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         per_device_train_batch_size=hp.batch_size * hp.gradient_accumulation_steps // config.nproc_per_node,
         per_device_eval_batch_size=hp.batch_size,
         gradient_accumulation_steps=1,
-        activation_checkpointing=checkpointing and not sharded(config),  # FSDP does its own (below)
+        activation_checkpointing=checkpointing and not distributed.sharded(config),  # FSDP does its own (below)
         activation_checkpointing_kwargs={"use_reentrant": False},  # reentrant marks LoRA grads twice under DDP
         learning_rate=hp.effective_learning_rate,
         lr_scheduler_type=hp.lr_scheduler_type,
@@ -154,7 +152,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized, masked and truncated
-        **parallel_arguments(config, checkpointing),
+        **distributed.trainer_arguments(config, checkpointing),
     )
     peft_config = LoraConfig(
         r=hp.lora_r,
@@ -179,65 +177,6 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
     return trainer
 
 
-# --------------------------------------------------------------------------- several processes
-
-
-def parallel_arguments(config: TrainingConfig, checkpointing: bool = False) -> dict:
-    """Trainer arguments for a run on several processes (training.distributed): DDP with every LoRA weight
-    used in every step (no search for unused parameters) and buffers left alone (LoRA has none to sync), or
-    FSDP2 sharding each decoder layer (on a CPU too: gloo); nothing for one process."""
-    if config.nproc_per_node == 1:
-        return {}
-    if distributed.world_size() != config.nproc_per_node:
-        raise HardwareError(
-            f"nproc_per_node is {config.nproc_per_node} but {distributed.world_size()} processes were started; "
-            "run through `python -m training.run` (it launches torchrun itself)"
-        )
-    if torch.cuda.is_available() and torch.cuda.device_count() < config.nproc_per_node:
-        raise HardwareError(
-            f"the job asks for {config.nproc_per_node} GPUs but this worker sees {torch.cuda.device_count()}; "
-            "route it to a worker started with `loraq worker --gpus-per-job` of that size"
-        )
-    if config.strategy == "fsdp":
-        return {
-            # FSDP2: each decoder layer (the model's _no_split_modules) one shard unit; per-parameter sharding,
-            # so frozen base weights and trainable LoRA weights need no flat-parameter arrangement.
-            "fsdp": True,
-            # Its activation checkpointing: the trainer's own would gather each layer's shards once more.
-            "fsdp_config": {
-                "version": 2,
-                "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                "activation_checkpointing": checkpointing,
-            },
-            **_cpu_arguments(),
-        }
-    return {"ddp_find_unused_parameters": False, "ddp_broadcast_buffers": False, **_cpu_arguments()}
-
-
-def _cpu_arguments() -> dict:
-    """On a CPU the ranks talk through gloo (transformers would otherwise not see a distributed CPU run)."""
-    return {} if torch.cuda.is_available() else {"use_cpu": True, "ddp_backend": "gloo"}
-
-
-def join_process_group(config: TrainingConfig) -> None:
-    """Join the ranks' process group before anything else does (loading the model would, on its own terms),
-    through accelerate's shared state, which the trainer then reuses."""
-    if config.nproc_per_node > 1:
-        from accelerate import PartialState
-
-        PartialState(cpu=not torch.cuda.is_available())
-
-
-@contextlib.contextmanager
-def main_process_first() -> Iterator[None]:
-    """Rank 0 runs the block first; the others wait for it, then run it (as is with one process)."""
-    if not distributed.is_main_process():
-        distributed.wait_for_all()
-    yield
-    if distributed.is_main_process():
-        distributed.wait_for_all()
-
-
 # --------------------------------------------------------------------------- save
 
 
@@ -257,19 +196,9 @@ def library_versions() -> dict:
     }
 
 
-def sharded(config: TrainingConfig) -> bool:
-    return config.nproc_per_node > 1 and config.strategy == "fsdp"
-
-
-def gathered_weights(trainer: PackedSFTTrainer, config: TrainingConfig) -> dict | None:
-    """With FSDP, the model's full weights gathered from every rank's shards (every rank must call this; rank
-    0 gets them); None otherwise (each rank holds the whole model)."""
-    return trainer.accelerator.get_state_dict(trainer.model) if sharded(config) else None
-
-
 def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dict, weights: dict | None = None) -> Path:
     """Write adapter, tokenizer, chat template and loraq.json to a temporary folder, then rename it. `weights`:
-    the gathered state dict of a sharded model (gathered_weights)."""
+    the gathered state dict of a sharded model (training.distributed.gathered_weights)."""
     final = Path(config.output_dir)
     config = with_dataset_hashes(config)
     # `loraq train --output_dir` keeps the seed's layout (checkpoints beside the adapter), so an existing
@@ -299,9 +228,9 @@ def train(config: TrainingConfig) -> dict:
     writer = ProgressWriter(config.progress_path if distributed.is_main_process() else None)
     callback = ProgressCallback(writer, config.stop_path, config.max_train_seconds)
     torch.manual_seed(config.seed)
-    join_process_group(config)
+    distributed.join_process_group(config)
     config = with_dataset_hashes(config)
-    with main_process_first():  # the built-in tiny model is generated once, by rank 0
+    with distributed.main_process_first():  # the built-in tiny model is generated once, by rank 0
         model_path = resolve_base_model(config)
     trainer = build_trainer(config, model_path, callback)
     started = time.monotonic()
@@ -324,7 +253,7 @@ def train(config: TrainingConfig) -> dict:
     if callback.stopped_early:
         writer.write("stopped", reason=callback.stop_reason, **summary)
         return {"type": "stopped", "reason": callback.stop_reason, **summary}
-    weights = gathered_weights(trainer, config)
+    weights = distributed.gathered_weights(trainer, config)
     if not distributed.is_main_process():  # rank 0 saves the adapter and the result files
         return {"type": "completed", **summary}
     folder = save_adapter(trainer, config, summary, weights)
@@ -338,7 +267,7 @@ def write_results(trainer: PackedSFTTrainer, config: TrainingConfig) -> list[str
     folder = Path(config.results_dir or Path(config.output_dir) / "results")
     folder.mkdir(parents=True, exist_ok=True)
     paths = [write_step_metrics(trainer.state.log_history, folder / "step_metrics.csv")]
-    if config.eval_path and sharded(config):
+    if config.eval_path and distributed.sharded(config):
         # Generating on a sharded model would need every rank in step; the samples are left out.
         logger.info("samples.jsonl is not written for FSDP jobs")
     elif config.eval_path:
