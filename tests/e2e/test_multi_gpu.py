@@ -79,6 +79,8 @@ def test_a_two_process_job_trains_as_one_program(pair):
         file_id = upload_ok(client, chat_rows())
         created = create_job(client, file_id, resources=TWO, hyperparameters=SHORT).json()
         assert created["resources"] == {"gpus": 2, "strategy": "ddp"}
+        one_gpu = create_job(client, file_id, hyperparameters={"n_epochs": 1}).json()  # the other queue flows
+        assert one_gpu["resources"] == {"gpus": 1, "strategy": "ddp"}
         job = wait_for(client, created["id"], timeout=300)
         assert job["status"] == "succeeded", job["error"]
         # 8 examples, 2 a step: the steps of one GPU, whatever the number of processes.
@@ -88,9 +90,9 @@ def test_a_two_process_job_trains_as_one_program(pair):
         metrics = [e for e in events(client, job["id"]) if e["type"] == "metrics"]
         assert len(metrics) == 8 // 2, "only rank 0 reports"
         assert client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter").status_code == 200
-        one_gpu = create_job(client, file_id, hyperparameters={"n_epochs": 1}).json()  # the other queue flows
         assert wait_for(client, one_gpu["id"])["status"] == "succeeded"
-        assert one_gpu["resources"] == {"gpus": 1, "strategy": "ddp"}
+        single = next(e for e in events(client, one_gpu["id"]) if e["message"].startswith("Fine-tuning job started"))
+        assert single["data"]["processes"] == 1 and not single["data"]["worker"].startswith("pair@")
 
 
 @pytest.mark.slow  # two launches of two ranks: about two minutes on two cores
