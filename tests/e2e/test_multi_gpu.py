@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tests.conftest import BROKEN_WEIGHTS_MODEL
 from tests.deployments import embedded, loraq
 from tests.e2e.calls import create_job, events, upload_ok, wait_for, wait_for_event
 from tests.facts import chat_rows
@@ -119,6 +120,16 @@ def test_a_killed_rank_ends_the_group_and_the_job_resumes_from_its_checkpoint(pa
         retry = next(m for m in messages if "retrying from the last checkpoint" in m)
         assert "lost a rank (rank 1 was killed by SIGKILL" in retry, retry
         assert any(m.startswith("Resuming from the checkpoint at step") for m in messages), messages
+
+
+def test_a_rank_s_own_error_fails_the_job_with_its_reason(pair):
+    with pair.client() as client:
+        file_id = upload_ok(client, chat_rows()[:2])
+        job = create_job(client, file_id, model=BROKEN_WEIGHTS_MODEL, resources=TWO, hyperparameters=SHORT).json()
+        finished = wait_for(client, job["id"], timeout=180)
+        assert finished["status"] == "failed" and finished["error"]["code"] == "training_error", finished["error"]
+        assert "Error" in finished["error"]["message"].split(":")[0], finished["error"]["message"]
+        assert not any("retrying" in e["message"] for e in events(client, job["id"])), "not retried"
 
 
 def test_cancel_stops_every_rank(pair):
