@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from loraq.job_spec import Hyperparameters
+from loraq.job_spec import Hyperparameters, Resources
 from models import Checkpoint, FileRecord, Job, JobEvent
 
 SUFFIX_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -122,6 +122,9 @@ class JobCreate(BaseModel):
         None, ge=1, le=60 * 86400, description="Stop the job (after a final checkpoint) once it has run this long"
     )
     integrations: list[Any] | None = Field(None, max_length=0, description="Not supported; must be empty")
+    resources: Resources | None = Field(
+        None, description='loraq\'s extension: the GPUs the job trains on, {"gpus": N, "strategy": "ddp"|"fsdp"}'
+    )
 
     @field_validator("suffix")
     @classmethod
@@ -199,6 +202,7 @@ class JobPublic(BaseModel):
     metadata: dict[str, str] | None
     estimated_finish: int | None
     integrations: list[Any] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources, description="The GPUs the job trains on")
     total_steps: int | None = None
     completed_steps: int = 0
     estimated_tokens: int | None = None
@@ -229,6 +233,7 @@ class JobPublic(BaseModel):
             user_provided_suffix=job.suffix,
             metadata=job.user_metadata,
             estimated_finish=unix(job.estimated_finish),
+            resources=Resources.model_validate(job.resources or {}),
             total_steps=job.total_steps,
             completed_steps=job.completed_steps,
             estimated_tokens=job.estimated_tokens,

@@ -9,21 +9,29 @@
 #   bench/gpu.sh 0.5b --speedups none scored_rows packed_sdpa train_mode_once hub_kernels fused_lora
 #                           # one loraq run per setting (training.speedups), to read each trick's gain
 #                           # against `none`; the first setting also runs with checkpointing on
+#   bench/gpu.sh 0.5b --gpus 2 [--speedups ...]
+#                           # loraq's recipes as one job on 2 GPUs (torchrun, DDP, the same global batch);
+#                           # the seed recipe stays on one GPU; MFU per GPU
 #
-# Needs loraq installed with a CUDA build of torch (`pip install -e .[gpu]`) and one visible NVIDIA GPU.
+# Needs loraq installed with a CUDA build of torch (`pip install -e .[gpu]`) and one visible NVIDIA GPU (N for
+# --gpus N).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python}"
 shapes=()
 while [[ $# -gt 0 && "$1" != --* ]]; do shapes+=("$1"); shift; done
 [[ ${#shapes[@]} -gt 0 ]] || shapes=(0.5b 7b)
+gpus=1
+if [[ $# -gt 1 && "$1" == --gpus ]]; then gpus="$2"; shift 2; fi
 speedups=(--speedups none all)
 if [[ $# -gt 0 ]]; then
-  [[ "$1" == --speedups && $# -gt 1 ]] || { echo "usage: bench/gpu.sh [0.5b] [7b] [--speedups SETTING...]" >&2; exit 2; }
+  [[ "$1" == --speedups && $# -gt 1 ]] || {
+    echo "usage: bench/gpu.sh [0.5b] [7b] [--gpus N] [--speedups SETTING...]" >&2; exit 2; }
   speedups=("$@")
 fi
-"$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench/gpu.sh needs a CUDA GPU')"
-export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0}"
+"$python" -c "import torch, sys; n = torch.cuda.device_count(); sys.exit(0 if n >= $gpus else
+  f'bench/gpu.sh needs {$gpus} CUDA GPU(s); this machine has {n}')"
+export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((gpus - 1)))}"
 for shape in "${shapes[@]}"; do
   case "$shape" in
     0.5b) examples=128 ;;
@@ -32,5 +40,5 @@ for shape in "${shapes[@]}"; do
   esac
   echo "== qwen2.5-$shape shape =="
   "$python" bench/seed_vs_loraq.py --shape "qwen2.5-$shape" --tokens 1984 --examples "$examples" --epochs 1 \
-    --repeats 1 "${speedups[@]}"
+    --repeats 1 --nproc-per-node "$gpus" "${speedups[@]}"
 done

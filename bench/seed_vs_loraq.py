@@ -2,7 +2,7 @@
 
     python bench/seed_vs_loraq.py [--examples 96] [--epochs 3] [--repeats 3]
                                   [--shape tiny|qwen2.5-0.5b|qwen2.5-7b] [--tokens N]
-                                  [--speedups auto none all scored_rows,packed_sdpa ...]
+                                  [--speedups auto none all scored_rows,packed_sdpa ...] [--nproc-per-node N]
 
 All run the seed's default flags on the same model and a generated chat dataset (long system and user
 prompts, short replies, like most SFT data): the built-in tiny model by default, or a random-initialised
@@ -16,7 +16,8 @@ default, is all of them on a CPU and none on CUDA; `none`, `all`, or comma-separ
 trick's gain can be read off against `none`. Timings on a shared machine drift from one minute to the
 next, so the recipes run in `--repeats` rounds, one after another within each round; the table shows
 medians, and the speed ratio is the median of the rounds' ratios (each recipe against the seed recipe of
-the same round).
+the same round). `--nproc-per-node N` trains loraq's recipes on N GPUs (torchrun, DDP; the same global
+batch) while the seed recipe keeps one, and MFU is then per GPU.
 """
 
 from __future__ import annotations
@@ -84,11 +85,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def run(command: list[str], log: Path) -> tuple[float, int, str]:
-    """Run a training command; returns (wall seconds, peak RSS in MiB, its output)."""
+def run(command: list[str], log: Path, env: dict[str, str] | None = None) -> tuple[float, int, str]:
+    """Run a training command; returns (wall seconds, peak RSS in MiB (of the launcher, with several
+    processes), its output)."""
     started = time.monotonic()
     with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"{command[1]} failed; see {log}")
@@ -221,6 +223,9 @@ def main() -> int:
         help="loraq's speedups settings, one recipe each (the first also with checkpointing on): auto, none, "
         "all, or comma-separated names (training.speedups)",
     )
+    parser.add_argument(
+        "--nproc-per-node", type=int, default=1, help="GPUs (processes) loraq's recipes train on; the seed's uses one"
+    )
     parser.add_argument("--bare-pass", nargs=2, metavar=("MODEL", "JSONL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_pass:
@@ -247,7 +252,10 @@ def main() -> int:
     # The seed's defaults for everything else: lr 1e-4, batch 1 x grad-accum 4, max length 2048, r 16, ...
 
     counts = token_counts(tokenizer, rows)
-    rounds = [run_round(flags, folder, counts, args.epochs, number, args.speedups) for number in range(args.repeats)]
+    rounds = [
+        run_round(flags, folder, counts, args.epochs, number, args.speedups, args.nproc_per_node)
+        for number in range(args.repeats)
+    ]
     results = {name: median_result([r[name] for r in rounds]) for name in rounds[0]}
     for r in results.values():
         r["loss"] = held_out_loss(base, r["adapter"], held_out_rows) if held_out_rows else None
@@ -274,11 +282,17 @@ def loraq_recipes(speedups: list[str]) -> list[tuple[str, list[str]]]:
     return [*recipes, (f"{first_name}, checkpointing on", [*first_flags, "--gradient_checkpointing", "true"])]
 
 
-def run_round(flags: list[str], folder: Path, counts: dict, epochs: int, number: int, speedups: list[str]) -> dict:
-    """One run of each recipe, one after the other: the seed recipe, then loraq's (loraq_recipes)."""
+def run_round(
+    flags: list[str], folder: Path, counts: dict, epochs: int, number: int, speedups: list[str], nproc: int = 1
+) -> dict:
+    """One run of each recipe, one after the other: the seed recipe (on the first visible GPU: with several
+    visible, the Trainer would wrap it in DataParallel), then loraq's (loraq_recipes), on `nproc` GPUs."""
     seed_dir = folder / f"seed-{number}"
+    first_gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
     seed_wall, seed_rss, seed_log = run(
-        [sys.executable, "bench/seed_recipe.py", *flags, "--output_dir", str(seed_dir)], seed_dir.with_suffix(".log")
+        [sys.executable, "bench/seed_recipe.py", *flags, "--output_dir", str(seed_dir)],
+        seed_dir.with_suffix(".log"),
+        dict(os.environ, CUDA_VISIBLE_DEVICES=first_gpu),
     )
     results = {
         "seed recipe": {
@@ -288,6 +302,8 @@ def run_round(flags: list[str], folder: Path, counts: dict, epochs: int, number:
         }
     }  # fmt: skip
     for name, extra in loraq_recipes(speedups):
+        if nproc > 1:
+            name, extra = f"{name}, {nproc} GPUs", [*extra, "--nproc_per_node", str(nproc)]
         out = folder / f"{re.sub(r'[^A-Za-z0-9_]+', '_', name)}-{number}"
         wall, rss, _ = run(
             [sys.executable, "-m", "cli", "train", *flags, *extra, "--output_dir", str(out)],
@@ -297,6 +313,7 @@ def run_round(flags: list[str], folder: Path, counts: dict, epochs: int, number:
         results[name] = {
             "runtime": metrics["train_runtime_s"], "wall": wall, "rss": rss, "all": counts["all"] * epochs,
             "supervised": counts["supervised"] * epochs, "gpu": metrics.get("peak_device_memory_mib"), "adapter": out,
+            "devices": nproc,
         }  # fmt: skip
     seed = results["seed recipe"]
     for result in results.values():
@@ -333,7 +350,8 @@ def print_results(args, results: dict, flop_params: int | None, bare_rate: float
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
         speed = r["all"] / r["runtime"]
-        mfu = f"{4 * flop_params * speed / peak:.1%}" if flop_params and peak else "n/a"
+        devices = r.get("devices", 1)
+        mfu = f"{4 * flop_params * speed / (peak * devices):.1%}" if flop_params and peak else "n/a"
         loss = f"{r['loss']:.3f}" if r["loss"] is not None else "n/a"
         print(
             f"| {name} | {speed:.0f} | {r['supervised'] / r['runtime']:.0f} | {r['runtime']:.1f} | {r['wall']:.1f} "

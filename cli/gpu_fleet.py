@@ -1,4 +1,5 @@
-"""`loraq worker --gpus 0,1,...`: one Celery worker process per GPU, each seeing only its device.
+"""`loraq worker --gpus 0,1,... [--gpus-per-job N]`: one Celery worker process per group of N GPUs (one GPU
+by default), each seeing only its devices and running one job at a time across all of them.
 
 The parent never touches CUDA; it starts the workers, restarts one that dies, and passes SIGTERM or
 Ctrl-C on to all of them. Each worker's training processes get an equal share of the CPU cores (or
@@ -19,19 +20,34 @@ RESTART_DELAY_SECONDS = 5.0
 STOP_TIMEOUT_SECONDS = 60.0
 
 
-def gpu_environment(gpu: str, threads: int) -> dict[str, str]:
-    """One GPU, and its share of the CPU cores for the training process's CPU-side threads."""
-    return dict(os.environ, CUDA_VISIBLE_DEVICES=gpu, CUDA_DEVICE_ORDER="PCI_BUS_ID", **thread_environment(threads))
+def gpu_environment(gpus: list[str], threads: int) -> dict[str, str]:
+    """Its GPUs, and their share of the CPU cores for the training processes' CPU-side threads."""
+    return dict(
+        os.environ, CUDA_VISIBLE_DEVICES=",".join(gpus), CUDA_DEVICE_ORDER="PCI_BUS_ID", **thread_environment(threads)
+    )
 
 
-def run_fleet(gpus: list[str], queues: str, name: str, threads: int | None = None) -> int:
-    threads = threads or max(1, (os.cpu_count() or 1) // len(gpus))
+def gpu_groups(gpus: list[str], per_job: int) -> list[list[str]]:
+    """The GPUs in consecutive groups of `per_job` (neighbours by index: on most machines, by interconnect)."""
+    if per_job < 1 or len(gpus) % per_job:
+        raise ValueError(f"--gpus lists {len(gpus)} GPUs, which do not form groups of --gpus-per-job {per_job}")
+    if len(set(gpus)) != len(gpus):
+        raise ValueError(f"--gpus lists a GPU twice: {','.join(gpus)}")
+    return [gpus[i : i + per_job] for i in range(0, len(gpus), per_job)]
+
+
+def run_fleet(gpus: list[str], queues: str, name: str, threads: int | None = None, per_job: int = 1) -> int:
+    groups = gpu_groups(gpus, per_job)
+    threads = threads or max(1, (os.cpu_count() or 1) // len(groups))
     workers = ProcessGroup(STOP_TIMEOUT_SECONDS)
     stop_on_signals()
     try:
-        for gpu in gpus:
+        for group in groups:
+            label = "-".join(group)
             workers.spawn(
-                f"worker for GPU {gpu}", worker_command(queues, f"{name}-gpu{gpu}"), gpu_environment(gpu, threads)
+                f"worker for GPU {','.join(group)}",
+                worker_command(queues, f"{name}-gpu{label}"),
+                gpu_environment(group, threads),
             )
         while True:
             for worker in workers.exited():

@@ -38,15 +38,26 @@ def _cmd_api(args: argparse.Namespace) -> int:
 
 def _cmd_worker(args: argparse.Namespace) -> int:
     from cli.processes import thread_environment, worker_command
+    from loraq.job_spec import queue_for_gpus
     from loraq.settings import get_settings
 
     if error := _worker_settings_error():
         sys.exit(f"loraq worker: {error}")
     queues = args.queues or get_settings().queue
+    if args.gpus_per_job < 1:
+        sys.exit("loraq worker: --gpus-per-job must be at least 1")
+    # Jobs on N GPUs wait in their own queue (loraq.job_spec.queue_for_gpus), so a worker takes only jobs
+    # of its group's size.
+    queues = ",".join(queue_for_gpus(queue, args.gpus_per_job) for queue in queues.split(","))
     if args.gpus:
-        from cli.gpu_fleet import run_fleet
+        from cli.gpu_fleet import gpu_groups, run_fleet
 
-        return run_fleet([g.strip() for g in args.gpus.split(",") if g.strip()], queues, args.name, args.threads)
+        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()]
+        try:
+            gpu_groups(gpus, args.gpus_per_job)
+        except ValueError as exc:
+            sys.exit(f"loraq worker: {exc}")
+        return run_fleet(gpus, queues, args.name, args.threads, args.gpus_per_job)
     if args.threads:
         os.environ.update(thread_environment(args.threads))
     os.execv(sys.executable, worker_command(queues, args.name))
@@ -145,7 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--gpus",
         default=None,
-        help="Comma-separated GPU indices: one worker process per GPU, each seeing only its device",
+        help="Comma-separated GPU indices: one worker process per GPU (per group of --gpus-per-job GPUs), each "
+        "seeing only its devices",
+    )
+    worker.add_argument(
+        "--gpus-per-job",
+        type=int,
+        default=1,
+        help="Train each job on this many GPUs (torchrun, one process per GPU) and take only such jobs, from "
+        "the queue <queue>.gpusN; without --gpus, on this many CPU processes (gloo). List N in "
+        "LORAQ_GPUS_PER_JOB for the API to accept such jobs (default: 1)",
     )
     worker.add_argument(
         "--threads",

@@ -82,3 +82,42 @@ class Hyperparameters(BaseModel):
     @property
     def effective_learning_rate(self) -> float:
         return self.learning_rate * self.learning_rate_multiplier
+
+
+# --------------------------------------------------------------------------- resources
+
+MAX_GPUS_PER_JOB = 64
+Strategy = Literal["ddp", "fsdp"]
+
+
+class Resources(BaseModel):
+    """The devices a job trains on: several GPUs of one worker, one training program across them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: int = Field(1, ge=1, le=MAX_GPUS_PER_JOB, description="GPUs (processes) the job trains on")
+    strategy: Strategy = Field(
+        "ddp",
+        description="ddp: every GPU holds the whole model (the default); fsdp: parameters, gradients and "
+        "optimizer state are sharded over the GPUs, for models that do not fit on one",
+    )
+
+
+def step_split_error(hyperparameters: Hyperparameters, gpus: int) -> str | None:
+    """Why an optimizer step of `batch_size x gradient_accumulation_steps` examples cannot be shared evenly by
+    `gpus` processes (each takes an equal part of every step, so the step, the schedule and the results
+    do not depend on the GPU count); None when it can."""
+    examples = hyperparameters.batch_size * hyperparameters.gradient_accumulation_steps
+    if examples % gpus == 0:
+        return None
+    return (
+        f"an optimizer step of batch_size x gradient_accumulation_steps = {examples} examples cannot be split "
+        f"evenly over {gpus} GPUs; ask for a number of GPUs that divides {examples}, or make "
+        f"gradient_accumulation_steps a multiple of {gpus}"
+    )
+
+
+def queue_for_gpus(queue: str, gpus: int) -> str:
+    """The broker queue of jobs on `gpus` GPUs: the model's queue for one, `<queue>.gpus<N>` for more (the
+    queue `loraq worker --gpus-per-job N` consumes)."""
+    return queue if gpus == 1 else f"{queue}.gpus{gpus}"

@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     validation_queue: str = Field(
         "loraq.validation", description="Broker queue of the validating_files stage (`loraq validator` listens)"
     )
+    gpus_per_job: str = Field(
+        "1",
+        description="GPU counts the fleet runs jobs on, comma-separated (e.g. 1,2,4): the group sizes of its "
+        "workers (`loraq worker --gpus-per-job N` takes jobs on N GPUs from the queue <LORAQ_QUEUE>.gpusN); a job "
+        "asking for another count is refused with a 400",
+    )
     min_training_examples: int = Field(
         1, ge=1, description="Fewest usable examples (with assistant tokens to learn from) a training file needs"
     )
@@ -101,6 +107,18 @@ class Settings(BaseSettings):
             if missing:
                 raise ValueError(f"production needs explicit LORAQ_{', LORAQ_'.join(m.upper() for m in missing)}")
         return self
+
+    @model_validator(mode="after")
+    def _gpu_counts(self) -> Settings:
+        counts = self.gpus_per_job.replace(" ", "").split(",")
+        if not all(c.isdigit() and int(c) >= 1 for c in counts):
+            raise ValueError(f"LORAQ_GPUS_PER_JOB: expected GPU counts such as 1,2,4, got {self.gpus_per_job!r}")
+        return self
+
+    @property
+    def job_gpu_counts(self) -> frozenset[int]:
+        """The GPU counts a job may ask for (LORAQ_GPUS_PER_JOB)."""
+        return frozenset(int(c) for c in self.gpus_per_job.replace(" ", "").split(","))
 
     @property
     def resolved_database_url(self) -> str:

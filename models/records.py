@@ -82,7 +82,11 @@ class Job(Base):
     seed: Mapped[int] = mapped_column(Integer)
     user_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), index=True)
-    # Broker queue the job is sent to (operators route base models to GPU classes), and when it last was.
+    # The devices it trains on ({"gpus": N, "strategy": "ddp" | "fsdp"}, loraq.job_spec.Resources); None before
+    # migration 0011, read as one GPU.
+    resources: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Broker queue the job is sent to (operators route base models to GPU classes, jobs on N GPUs go to
+    # `<queue>.gpusN`), and when it last was.
     queue: Mapped[str] = mapped_column(String(64), default="loraq", server_default="loraq")
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

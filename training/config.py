@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from loraq.job_spec import Hyperparameters
+from loraq.job_spec import MAX_GPUS_PER_JOB, Hyperparameters, Strategy, step_split_error
 from training.speedups import SpeedupsSetting, parse_speedups
 
 
@@ -45,6 +45,17 @@ class TrainingConfig(BaseModel):
         None, gt=0, description="Stop training after this long and save the adapter learned so far"
     )
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        le=MAX_GPUS_PER_JOB,
+        description="Training processes on this machine, one per GPU (on a CPU, each a share of the cores): "
+        "above 1 the run is relaunched under torchrun and each optimizer step's examples are split evenly "
+        "between the processes",
+    )
+    strategy: Strategy = Field(
+        "ddp", description="With several processes: ddp (each holds the model) or fsdp (the model is sharded)"
+    )
     speedups: SpeedupsSetting = Field(
         "auto",
         description="Speed tricks to install (training.speedups: fused_lora, supervised_head, scored_rows, "
@@ -57,3 +68,10 @@ class TrainingConfig(BaseModel):
     @classmethod
     def _speedup_names(cls, value: Any) -> Any:
         return parse_speedups(value)
+
+    @model_validator(mode="after")
+    def _step_splits_over_processes(self) -> TrainingConfig:
+        error = step_split_error(self.hyperparameters, self.nproc_per_node)
+        if error:
+            raise ValueError(f"nproc_per_node: {error}")
+        return self

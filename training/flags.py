@@ -27,7 +27,7 @@ SEED_DEFAULT_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 # follow from --output_dir or are the worker's.
 RUN_FIELDS = (
     "base_model", "train_path", "eval_path", "output_dir", "seed", "resume_from", "max_train_seconds",
-    "trust_remote_code", "model_cache_dir", "speedups",
+    "trust_remote_code", "model_cache_dir", "speedups", "nproc_per_node", "strategy",
 )  # fmt: skip
 COMMAND_LINE_DEFAULTS = {"base_model": SEED_DEFAULT_MODEL}
 ALIASES = {"n_epochs": ["--num_train_epochs"]}  # the seed document's name
@@ -146,11 +146,14 @@ def _flag_errors(exc: ValidationError) -> str:
     """Pydantic's errors as `argument --flag: message`, joined into one line."""
     lines = []
     for error in exc.errors():
-        location = error["loc"]
+        location, message = error["loc"], error["msg"].removeprefix("Value error, ")
+        if not location:  # a check across fields names its field first: `nproc_per_node: ...`
+            field, _, message = message.partition(": ")
+            location = (field,)
         name = str(location[1] if location[0] == "hyperparameters" and len(location) > 1 else location[0])
         name = "output_dir" if name in DERIVED_FROM_OUTPUT_DIR else name
         flags = "/".join([_flag(name), *ALIASES.get(name, [])])
-        line = f"argument {flags}: {error['msg'].removeprefix('Value error, ')}"
+        line = f"argument {flags}: {message}"
         if line not in lines:
             lines.append(line)
     return "; ".join(lines)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from trl import SFTTrainer
 
+from training.distributed import largest
+
 ROW_KEYS = ("input_ids", "labels", "position_ids", "seq_idx", "shift_labels")
 SPAN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k")
 LENGTH_KEYS = ("max_length_q", "max_length_k")
@@ -86,13 +88,32 @@ class PackedSFTTrainer(SFTTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         packed = "cu_seq_lens_q" in inputs
         micro_batches = split_packed_batch(inputs, self.token_budget) if packed else [inputs]
+        # With several processes every rank must run as many forward and backward passes per step (TRL
+        # gathers metrics in each, and gradients are reduced in the last): a rank with fewer micro-batches
+        # than the busiest repeats its last one with no weight in the loss.
+        passes = largest(len(micro_batches), self.args.device)
+        normalisers = [num_items_in_batch] * len(micro_batches) + [_NO_WEIGHT] * (passes - len(micro_batches))
+        micro_batches += [micro_batches[-1]] * (passes - len(micro_batches))
         total = None
         with self.around_step(model):
-            for micro_batch in micro_batches:
-                with self.around_micro_batch(micro_batch):
-                    loss = super().training_step(model, micro_batch, num_items_in_batch)
+            for index, (micro_batch, normaliser) in enumerate(zip(micro_batches, normalisers, strict=True)):
+                # Gradients are reduced across ranks once per step, with the last micro-batch's backward pass.
+                sync = contextlib.nullcontext() if index == passes - 1 else self.accelerator.no_sync(model)
+                with sync, self.around_micro_batch(micro_batch):
+                    loss = super().training_step(model, micro_batch, _on(normaliser, num_items_in_batch))
                 total = loss if total is None else total + loss
         return total
+
+
+# A padding pass's loss normaliser: its summed loss divided by infinity weighs nothing, nor do its gradients.
+_NO_WEIGHT = float("inf")
+
+
+def _on(normaliser: Any, like: Any) -> Any:
+    """The normaliser as the trainer passes it (a tensor on the device, when the step's count is one)."""
+    if normaliser is _NO_WEIGHT and torch.is_tensor(like):
+        return torch.full_like(like, _NO_WEIGHT, dtype=torch.float32)
+    return normaliser
 
 
 def _nothing(_: Any) -> AbstractContextManager:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from training import distributed
 from training.checkpoints import mark_complete
 
 logger = logging.getLogger("loraq.training")
@@ -71,16 +72,24 @@ class ProgressCallback(TrainerCallback):
         self.writer.write("started", total_steps=state.max_steps, epochs=args.num_train_epochs)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stop_path is not None and self.stop_path.exists():
+        # Rank 0 decides and every rank follows, so that all of them stop after the same step.
+        stop_reason, time_limited = distributed.from_main_process(self._stop_wanted())
+        if stop_reason is not None:
             # The supervisor writes why: `cancel` stops at once; `handoff` (the worker is shutting down)
             # and `deadline` (the run-time limit) save a checkpoint first, so the work is kept.
-            self.stop_reason = self.stop_path.read_text().strip() or "cancel"
+            self.stop_reason = stop_reason
             self.stopped_early = True
             control.should_training_stop = True
             control.should_save = self.stop_reason != "cancel"
-        elif self.max_seconds is not None and time.monotonic() - self._started >= self.max_seconds:
+        elif time_limited:
             self.time_limited = True
             control.should_training_stop = True
+
+    def _stop_wanted(self) -> tuple[str | None, bool]:
+        """(the stop file's reason, whether the time limit has passed), as this process sees them."""
+        if self.stop_path is not None and self.stop_path.exists():
+            return self.stop_path.read_text().strip() or "cancel", False
+        return None, self.max_seconds is not None and time.monotonic() - self._started >= self.max_seconds
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -114,6 +123,9 @@ class ProgressCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         _fault_injection_point("checkpoint", state.global_step)
+        distributed.wait_for_all()  # every rank's files (its RNG state) are written before the marker
+        if not distributed.is_main_process():
+            return
         mark_complete(folder, state.global_step)
         metrics = dict(self.last_metrics, step=state.global_step)
         self.writer.write("checkpoint", step=state.global_step, path=str(folder), metrics=metrics)

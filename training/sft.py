@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from trl import SFTConfig
 
 from loraq.storage import sha256_of, staged_directory
+from training import distributed
 from training.config import TrainingConfig
 from training.hardware import (
     HardwareError,
@@ -114,8 +115,9 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
     # memory: TRL's preparation is skipped, and the trainer's sampler and resume work on row indices); its
     # padding-free collator concatenates each optimizer step's examples and PackedSFTTrainer cuts them into
     # micro-batches of at most `budget` tokens (training.packing).
-    train_ds = load_rows(config, tokenizer, "train")
-    eval_ds = load_rows(config, tokenizer, "eval") if config.eval_path else None
+    with distributed.main_process_first():  # rank 0 tokenizes a file that has no tokenized copy yet; the others read it
+        train_ds = load_rows(config, tokenizer, "train")
+        eval_ds = load_rows(config, tokenizer, "eval") if config.eval_path else None
     budget = token_budget(row_lengths(train_ds), hp.batch_size)
     checkpointing = use_gradient_checkpointing(hp.gradient_checkpointing, model, budget, precision["dtype"])
     args = SFTConfig(
@@ -125,10 +127,12 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         padding_free=True,
         num_train_epochs=hp.n_epochs,
         max_steps=hp.max_steps or -1,  # -1: the epochs decide
-        per_device_train_batch_size=hp.batch_size * hp.gradient_accumulation_steps,  # one optimizer step
+        # One optimizer step's examples, shared evenly by the processes (training.config checks they can be).
+        per_device_train_batch_size=hp.batch_size * hp.gradient_accumulation_steps // config.nproc_per_node,
         per_device_eval_batch_size=hp.batch_size,
         gradient_accumulation_steps=1,
-        activation_checkpointing=checkpointing,
+        activation_checkpointing=checkpointing and not distributed.sharded(config),  # FSDP does its own (below)
+        activation_checkpointing_kwargs={"use_reentrant": False},  # reentrant marks LoRA grads twice under DDP
         learning_rate=hp.effective_learning_rate,
         lr_scheduler_type=hp.lr_scheduler_type,
         warmup_steps=hp.warmup_ratio,  # a float below 1 is a ratio of the total steps in transformers 5
@@ -148,6 +152,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized, masked and truncated
+        **distributed.trainer_arguments(config, checkpointing),
     )
     peft_config = LoraConfig(
         r=hp.lora_r,
@@ -191,14 +196,15 @@ def library_versions() -> dict:
     }
 
 
-def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dict) -> Path:
-    """Write adapter, tokenizer, chat template and loraq.json to a temporary folder, then rename it."""
+def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dict, weights: dict | None = None) -> Path:
+    """Write adapter, tokenizer, chat template and loraq.json to a temporary folder, then rename it. `weights`:
+    the gathered state dict of a sharded model (training.distributed.gathered_weights)."""
     final = Path(config.output_dir)
     config = with_dataset_hashes(config)
     # `loraq train --output_dir` keeps the seed's layout (checkpoints beside the adapter), so an existing
     # folder is updated file by file; the worker's adapter folder is new and appears in one rename.
     with staged_directory(final, merge_into_existing=True) as staging:
-        trainer.model.save_pretrained(staging)
+        trainer.model.save_pretrained(staging, **({"state_dict": weights} if weights is not None else {}))
         trainer.processing_class.save_pretrained(staging)
         record = {
             "config": json.loads(config.model_dump_json()),
@@ -219,11 +225,13 @@ def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dic
 
 def train(config: TrainingConfig) -> dict:
     """Train and save; returns the outcome record (also appended to the progress file)."""
-    writer = ProgressWriter(config.progress_path)
+    writer = ProgressWriter(config.progress_path if distributed.is_main_process() else None)
     callback = ProgressCallback(writer, config.stop_path, config.max_train_seconds)
     torch.manual_seed(config.seed)
+    distributed.join_process_group(config)
     config = with_dataset_hashes(config)
-    model_path = resolve_base_model(config)
+    with distributed.main_process_first():  # the built-in tiny model is generated once, by rank 0
+        model_path = resolve_base_model(config)
     trainer = build_trainer(config, model_path, callback)
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=config.resume_from)
@@ -245,7 +253,10 @@ def train(config: TrainingConfig) -> dict:
     if callback.stopped_early:
         writer.write("stopped", reason=callback.stop_reason, **summary)
         return {"type": "stopped", "reason": callback.stop_reason, **summary}
-    folder = save_adapter(trainer, config, summary)
+    weights = distributed.gathered_weights(trainer, config)
+    if not distributed.is_main_process():  # rank 0 saves the adapter and the result files
+        return {"type": "completed", **summary}
+    folder = save_adapter(trainer, config, summary, weights)
     results = write_results(trainer, config)
     writer.write("completed", adapter_dir=str(folder), result_files=results, **summary)
     return {"type": "completed", "adapter_dir": str(folder), "result_files": results, **summary}
@@ -256,7 +267,10 @@ def write_results(trainer: PackedSFTTrainer, config: TrainingConfig) -> list[str
     folder = Path(config.results_dir or Path(config.output_dir) / "results")
     folder.mkdir(parents=True, exist_ok=True)
     paths = [write_step_metrics(trainer.state.log_history, folder / "step_metrics.csv")]
-    if config.eval_path:
+    if config.eval_path and distributed.sharded(config):
+        # Generating on a sharded model would need every rank in step; the samples are left out.
+        logger.info("samples.jsonl is not written for FSDP jobs")
+    elif config.eval_path:
         paths.append(write_samples(trainer.model, trainer.processing_class, config.eval_path, folder / "samples.jsonl"))
     return [str(p) for p in paths]
 

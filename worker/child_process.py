@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from typing import Any
 
 
 def start_training(config_path: Path, log_path: Path) -> subprocess.Popen:
-    """`python -m training.run --config ...`: a fresh process per job (a fresh CUDA context, hard-killable)."""
+    """`python -m training.run --config ...`: a fresh process per job (a fresh CUDA context, hard-killable). A
+    config for several processes turns it into torchrun (training.distributed), which starts the ranks; they
+    die with it, so killing this process's group stops every rank."""
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "training.run", "--config", str(config_path)],
@@ -58,6 +61,19 @@ def exit_reason(returncode: int) -> str:
         hint = " (the kernel's out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
         return f"was killed by {name}{hint}"
     return f"exited with code {returncode}"
+
+
+# torchrun's report of the rank that ended the group: `failed (exitcode: -9) local_rank: 1 (pid: 123)`.
+_RANK_FAILURE = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)")
+
+
+def dead_rank(log_tail: str) -> str | None:
+    """Which rank ended a torchrun group and how, from the launcher's log: `rank 1 was killed by SIGKILL`."""
+    found = _RANK_FAILURE.findall(log_tail)
+    if not found:
+        return None
+    code, local_rank = found[-1]
+    return f"rank {local_rank} {exit_reason(int(code))}"
 
 
 def _die_with_parent() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from loraq.base_models import find_model
-from loraq.job_spec import Hyperparameters
+from loraq.job_spec import Hyperparameters, Resources
 from loraq.settings import Settings
 from loraq.storage import Storage
 from models import FileRecord, Job
@@ -24,6 +24,7 @@ def build_training_config(job: Job, settings: Settings, storage: Storage, sessio
     train = files[job.training_file]
     evaluation = files[job.validation_file] if job.validation_file else None
     paths = storage.job_paths(job.id)
+    resources = Resources.model_validate(job.resources or {})
     return TrainingConfig(
         base_model=entry.source,
         trust_remote_code=entry.trust_remote_code,
@@ -43,6 +44,8 @@ def build_training_config(job: Job, settings: Settings, storage: Storage, sessio
         stop_path=str(paths.stop),
         seed=job.seed,
         hyperparameters=Hyperparameters.model_validate(job.hyperparameters),
+        nproc_per_node=resources.gpus,
+        strategy=resources.strategy,
         speedups=settings.training_speedups,  # the operator's choice, not the job's
         extra_metadata={"job_id": job.id, "model": job.model, "fine_tuned_model": job.fine_tuned_name},
     )

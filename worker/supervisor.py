@@ -45,7 +45,7 @@ from models.session import session_scope
 from training.checkpoints import is_adapter_file, is_complete, newest_complete, remove_incomplete, step_of
 from training.config import TrainingConfig
 from worker.celery_app import send_job
-from worker.child_process import ProgressTail, exit_reason, kill, request_stop, start_training
+from worker.child_process import ProgressTail, dead_rank, exit_reason, kill, request_stop, start_training
 from worker.errors import JobTaskError, ModelNotOffered, StorageFailure
 from worker.job_config import build_training_config
 
@@ -87,6 +87,7 @@ class JobSupervisor:
         self.time_limit: int | None = None  # seconds, from the job's first start
         self.attempt = 0
         self.final: dict[str, Any] = {}  # the child's last record: completed, stopped or failed
+        self.processes = 1  # training processes (ranks under torchrun when more than one)
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> Outcome:
@@ -118,12 +119,15 @@ class JobSupervisor:
 
     def _announce_start(self, session: Session, job: Job, config: TrainingConfig) -> None:
         devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+        processes = config.nproc_per_node
         add_event(
             session, self.job_id,
             f"Fine-tuning job started (attempt {job.attempts}) on {self.worker_id}"
-            + (f", GPU {devices}" if devices else ""),
+            + (f", GPU {devices}" if devices else "")
+            + (f", {processes} processes ({config.strategy})" if processes > 1 else ""),
             data={
                 "worker": self.worker_id, "attempt": job.attempts, "cuda_visible_devices": devices,
+                "processes": processes, "strategy": config.strategy,
                 "cpu_threads": int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1),
             },
         )  # fmt: skip
@@ -182,6 +186,7 @@ class JobSupervisor:
 
     # ------------------------------------------------------------------ child process
     def _train_and_record(self, config: TrainingConfig) -> Outcome:
+        self.processes = config.nproc_per_node
         self.paths.root.mkdir(parents=True, exist_ok=True)
         for stale in (self.paths.progress, self.paths.stop):
             stale.unlink(missing_ok=True)
@@ -317,7 +322,12 @@ class JobSupervisor:
 
     def _retry_or_fail(self, returncode: int) -> Outcome:
         reason = exit_reason(returncode)
-        if returncode < 0 and self.attempt < self.settings.max_attempts:
+        # With several processes the child is torchrun: it exits 1 when a rank died without reporting a
+        # failure of its own (a rank that fails reports it, and the others do not), and says which.
+        rank_died = self.processes > 1 and returncode != 0
+        if rank_died:
+            reason = f"lost a rank ({dead_rank(read_tail(self.paths.log, 20_000)) or 'see the job log'})"
+        if (returncode < 0 or rank_died) and self.attempt < self.settings.max_attempts:
             # Killed from outside (the kernel's OOM killer, an operator): worth another attempt, which
             # resumes from the last complete checkpoint.
             return self._hand_back(

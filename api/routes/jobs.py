@@ -26,6 +26,7 @@ from api.schemas import (
     JobsPublic,
 )
 from loraq.base_models import find_model
+from loraq.job_spec import Hyperparameters, Resources, queue_for_gpus, step_split_error
 from loraq.storage import ChecksumVerifier, Storage
 from models import Checkpoint, FileRecord, FileStatus, Job, JobEvent, JobStatus, job_state, new_id
 from worker.celery_app import send_validation
@@ -79,6 +80,23 @@ def _check_active_jobs(session, principal, settings) -> None:
         )
 
 
+def _check_resources(resources: Resources, hyperparameters: Hyperparameters, settings) -> None:
+    """A job the fleet can run: its GPU count is one its workers take (LORAQ_GPUS_PER_JOB), and each optimizer
+    step's examples split evenly over those GPUs."""
+    offered = sorted(settings.job_gpu_counts)
+    if resources.gpus not in offered:
+        raise APIError(
+            400,
+            f"No worker of this server trains a job on {resources.gpus} GPUs; it offers "
+            f"{', '.join(map(str, offered))} GPU{'s' if offered != [1] else ''} per job.",
+            param="resources.gpus",
+            code="unsupported_resources",
+        )
+    error = step_split_error(hyperparameters, resources.gpus)
+    if error:
+        raise APIError(400, f"{error[0].upper()}{error[1:]}.", param="resources.gpus", code="unsupported_resources")
+
+
 @router.post("", response_model=JobPublic)
 def create_job(
     body: JobCreate, session: SessionDep, principal: CurrentOwner, settings: SettingsDep,
@@ -105,6 +123,8 @@ def create_job(
     if body.validation_file:
         _usable_file(session, principal, body.validation_file, "validation_file")
     hyperparameters = body.resolved_hyperparameters()
+    resources = body.resources or Resources()
+    _check_resources(resources, hyperparameters, settings)
     job = Job(
         id=new_id("ftjob"),
         owner=principal.owner,
@@ -115,7 +135,8 @@ def create_job(
         suffix=body.suffix,
         seed=DEFAULT_SEED if body.seed is None else body.seed,
         user_metadata=body.metadata,
-        queue=entry.queue or settings.queue,
+        resources=resources.model_dump(mode="json"),
+        queue=queue_for_gpus(entry.queue or settings.queue, resources.gpus),
         max_runtime_seconds=body.max_runtime_seconds,
     )
     job_state.create_job(session, job)

@@ -30,6 +30,10 @@ None is yet measured on a GPU (bench/gpu.sh takes `--speedups`). So `auto`, the 
 them on a CPU (where the figures above come from) and none on CUDA, where each is opt-in
 (TrainingConfig.speedups; LORAQ_TRAINING_SPEEDUPS on a worker, --speedups on the command line).
 
+With several processes (training.distributed) every trick is kept: each acts within one process's forward
+and backward passes, and a two-process run with all of them learns what one process learns
+(tests/training/test_distributed.py, on the CPU, where `auto` enables them all).
+
 This module imports no torch (the worker's config and the command line's flags read the names); the tricks
 are imported when applied.
 """
