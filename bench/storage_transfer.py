@@ -95,7 +95,7 @@ def start_api(folder: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen
     command = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)]
     api = subprocess.Popen(command, env=env, stdout=(folder / "api.log").open("ab"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    wait_http(f"{base}/healthz")
+    wait_http(f"{base}/healthz", timeout=600)  # a loaded machine starts it slowly
     return api, base
 
 
