@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from loraq.storage import StorageError
+
 logger = logging.getLogger("loraq.api")
 
 _TYPES = {
@@ -78,6 +80,13 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
+
+    @app.exception_handler(StorageError)
+    async def _storage_error(request: Request, exc: StorageError):
+        # The object store is down or refuses us: the operator's to fix, and worth a retry (503, not 500).
+        logger.error("storage error on %s %s: %s", request.method, request.url.path, exc)
+        body = error_body(503, f"Storage is unavailable: {exc}", code="storage_unavailable")
+        return JSONResponse(body, status_code=503, headers={"retry-after": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -1,13 +1,13 @@
-"""Streaming multipart upload: the file part goes straight to a staging file in storage, hashed and
-counted as it arrives, so an upload never sits whole in memory and an oversized one stops at the cap.
+"""Streaming multipart upload: the file part goes straight into a storage upload (a staging file, or an S3
+multipart upload), hashed and counted as it arrives, so an upload never sits whole in memory and an
+oversized one stops at the cap.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
@@ -15,6 +15,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.errors import APIError
+from loraq.storage import Upload
 
 MAX_FIELD_BYTES = 4096
 MULTIPART_OVERHEAD = 64 * 1024
@@ -29,8 +30,8 @@ class ReceivedUpload:
 
 
 class _PartState:
-    def __init__(self, staging: Path, max_bytes: int):
-        self.staging, self.max_bytes = staging, max_bytes
+    def __init__(self, upload: Upload, max_bytes: int):
+        self.upload, self.max_bytes = upload, max_bytes
         self.result = ReceivedUpload()
         self.digest = hashlib.sha256()
         self.headers: dict[bytes, bytes] = {}
@@ -39,7 +40,6 @@ class _PartState:
         self.name: str | None = None
         self.is_file = False
         self.value = bytearray()
-        self.handle: IO[bytes] | None = None
         self.files_seen = 0
 
     # python-multipart callbacks -------------------------------------------------------------
@@ -68,7 +68,6 @@ class _PartState:
             # The client's file name is kept as a label only; it never becomes a path.
             name = filename.decode("utf-8", "replace").replace("\\", "/").rsplit("/", 1)[-1]
             self.result.filename = "".join(c for c in name if c.isprintable())[:255] or "upload.jsonl"
-            self.handle = self.staging.open("wb")
 
     def on_part_data(self, data, start, end):
         chunk = data[start:end]
@@ -79,23 +78,21 @@ class _PartState:
                     413, f"File is larger than the {self.max_bytes}-byte limit.", param="file", code="file_too_large"
                 )
             self.digest.update(chunk)
-            assert self.handle is not None
-            self.handle.write(chunk)
+            self.upload.write(chunk)
         else:
             self.value += chunk
             if len(self.value) > MAX_FIELD_BYTES:
                 raise APIError(400, f"Form field '{self.name}' is too long.", param=self.name, code="invalid_upload")
 
     def on_part_end(self):
-        if self.is_file and self.handle is not None:
-            self.handle.close()
-            self.handle = None
+        if self.is_file:
+            self.upload.close()
         elif self.name:
             self.result.fields[self.name] = self.value.decode("utf-8", "replace")
 
 
-async def receive_upload(request: Request, staging: Path, max_bytes: int) -> ReceivedUpload:
-    """Parse a multipart/form-data body into `staging` (the file part) and small text fields."""
+async def receive_upload(request: Request, upload: Upload, max_bytes: int) -> ReceivedUpload:
+    """Parse a multipart/form-data body into `upload` (the file part) and small text fields."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
@@ -108,7 +105,7 @@ async def receive_upload(request: Request, staging: Path, max_bytes: int) -> Rec
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + MULTIPART_OVERHEAD:
         raise APIError(413, f"File is larger than the {max_bytes}-byte limit.", param="file", code="file_too_large")
-    state = _PartState(staging, max_bytes)
+    state = _PartState(upload, max_bytes)
     callbacks: Any = {
         name: getattr(state, name)
         for name in (
@@ -124,14 +121,11 @@ async def receive_upload(request: Request, staging: Path, max_bytes: int) -> Rec
     parser = MultipartParser(boundary, callbacks)
     try:
         async for chunk in request.stream():
-            # Hashing and disk writes happen in the callbacks: keep them off the event loop.
+            # Hashing and storage writes happen in the callbacks: keep them off the event loop.
             await run_in_threadpool(parser.write, chunk)
         parser.finalize()
     except MultipartParseError as exc:
         raise APIError(400, f"Malformed multipart body: {exc}", param="file", code="invalid_upload") from None
-    finally:
-        if state.handle is not None:
-            state.handle.close()
     if state.result.filename is None:
         raise APIError(400, "Missing the 'file' part of the upload.", param="file", code="invalid_upload")
     state.result.sha256 = state.digest.hexdigest()

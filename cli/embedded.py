@@ -17,6 +17,7 @@ from cli.embedded_redis import redis_command, wait_for_redis
 from cli.processes import ProcessGroup, api_command, stop_on_signals, validator_command, worker_command
 from loraq.migrate import upgrade
 from loraq.settings import Settings
+from loraq.storage import open_storage
 
 STOP_TIMEOUT = 60.0  # time for a running job to checkpoint and be handed back
 
@@ -58,6 +59,11 @@ def run_embedded(host: str, port: int, data_dir: Path) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["LORAQ_DATA_DIR"] = str(data_dir)
     settings = Settings()
+    try:  # a bucket that cannot be reached is said now, not at the first upload
+        open_storage(settings).check()
+    except OSError as exc:
+        print(f"loraq: storage is not usable: {exc}", file=sys.stderr)
+        return 1
     # API and worker stop first (a running job checkpoints and is handed back), Redis last.
     children = ProcessGroup(STOP_TIMEOUT)
     stop_on_signals()
@@ -74,7 +80,7 @@ def run_embedded(host: str, port: int, data_dir: Path) -> int:
         base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         wait_healthy(f"{base}/healthz", children)
         print(
-            f"\nloraq is up at {base}/v1  (data: {data_dir})\n"
+            f"\nloraq is up at {base}/v1  (data: {data_dir}; storage: {settings.resolved_storage_url})\n"
             f"Dashboard: {base}/ui/  (sign in with the API key)\n"
             f"API key: {key}\n"
             f"  export OPENAI_BASE_URL={base}/v1 OPENAI_API_KEY={key}\n"

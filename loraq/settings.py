@@ -28,7 +28,20 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("loraq-data"), description="Folder for the embedded database, Redis and files")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in the data folder")
     broker_url: str | None = Field(None, description="Redis URL; default: the embedded Redis socket")
-    storage_root: Path | None = Field(None, description="Shared storage folder; default: data_dir/storage")
+    storage_url: str | None = Field(
+        None,
+        description="Shared storage: a folder (mounted on every machine), or s3://bucket/prefix with the standard "
+        "AWS_* credentials; default: data_dir/storage",
+    )
+    storage_root: Path | None = Field(None, description="Shared storage folder (older name of LORAQ_STORAGE_URL)")
+    s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of an S3-compatible server (MinIO, rclone, Ceph...); default: AWS S3"
+    )
+    work_dir: Path | None = Field(
+        None,
+        description="Local scratch with S3 storage: jobs train here and objects are cached here; default: "
+        "data_dir/work",
+    )
     queue: str = Field("loraq", description="Broker queue that jobs are sent to and workers listen on")
     validation_queue: str = Field(
         "loraq.validation", description="Broker queue of the validating_files stage (`loraq validator` listens)"
@@ -103,7 +116,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _refuse_unsafe_production_defaults(self) -> Settings:
         if self.environment == "production":
-            missing = [n for n in ("database_url", "broker_url", "storage_root") if getattr(self, n) is None]
+            missing = [n for n in ("database_url", "broker_url") if getattr(self, n) is None]
+            if self.storage_url is None and self.storage_root is None:
+                missing.append("storage_url")
             if missing:
                 raise ValueError(f"production needs explicit LORAQ_{', LORAQ_'.join(m.upper() for m in missing)}")
         return self
@@ -134,8 +149,14 @@ class Settings(BaseSettings):
         return self.broker_url or f"redis+socket://{self.redis_socket}"
 
     @property
-    def resolved_storage_root(self) -> Path:
-        return (self.storage_root or self.data_dir / "storage").resolve()
+    def resolved_storage_url(self) -> str:
+        """s3://bucket/prefix, or the absolute path of the storage folder."""
+        url = self.storage_url or str(self.storage_root or self.data_dir / "storage")
+        return url if url.startswith("s3://") else str(Path(url.removeprefix("file://")).resolve())
+
+    @property
+    def resolved_work_dir(self) -> Path:
+        return (self.work_dir or self.data_dir / "work").resolve()
 
     @property
     def resolved_validator_processes(self) -> int:

@@ -1,8 +1,9 @@
 """Shared fixtures.
 
-`service` runs the real thing and is parametrised over both deployments: the embedded mode (`loraq up`:
-API process, Celery worker process, embedded Redis server, SQLite) and the production shape (PostgreSQL,
-a standalone redis-server, `loraq api`, `loraq worker`). Tests drive it over HTTP.
+`service` runs the real thing and is parametrised over three deployments: the embedded mode (`loraq up`:
+API process, Celery worker process, embedded Redis server, SQLite), the production shape (PostgreSQL,
+a standalone redis-server, `loraq api`, `loraq worker`) on a shared folder, and the same on S3 storage
+(`rclone serve s3`). Tests drive it over HTTP.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import pytest
 
 from tests.deployments import API_KEY, embedded, production
-from tests.servers import free_port
+from tests.servers import S3Server, free_port
 
 __all__ = ["API_KEY", "BROKEN_WEIGHTS_MODEL", "LOCAL_MODEL", "UNMASKABLE_MODEL", "free_port"]
 
@@ -49,6 +50,16 @@ def operator_models(tmp_path_factory) -> dict[str, str]:
     return {"LORAQ_BASE_MODELS": json.dumps(models)}
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (`rclone serve s3`) for the session; tests make their own buckets."""
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()
+
+
+PRODUCTION = "postgres+redis-server"
+S3_DEPLOYMENT = "postgres+redis-server+s3"
 # Cases whose production-shape variant adds little to the embedded one's (the same routes, checks and client
 # code; nothing in them differs by database or broker), so that variant runs only with `-m slow`. The cases
 # where the deployments differ keep both in the default run: a trained job end to end and its downloads, the
@@ -68,23 +79,33 @@ PRODUCTION_VARIANT_SLOW = {
     "tests.security.test_api_fuzz",
     "tests.security.test_malformed_datasets",
 }
+# The e2e modules run on the S3 deployment by default: upload, validation, training, checkpoints, downloads with
+# Range and ETag, and the SDK's path (tests/faults/test_object_storage_faults.py adds resumption and outages).
+# The rest of its variants are `slow`: the same API over the same storage interface, already run on the others.
+S3_BY_DEFAULT = {"test_train_and_download.py", "test_openai_sdk.py"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
 def pytest_collection_modifyitems(items):
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is None or callspec.params.get("service") != "postgres+redis-server":
-            continue
+        deployment = callspec.params.get("service") if callspec is not None else None
+        if deployment == S3_DEPLOYMENT and item.path.name not in S3_BY_DEFAULT:
+            item.add_marker(pytest.mark.slow)
         module = item.module.__name__
-        if module in PRODUCTION_VARIANT_SLOW or f"{module}::{item.originalname}" in PRODUCTION_VARIANT_SLOW:
+        if deployment == PRODUCTION and (
+            module in PRODUCTION_VARIANT_SLOW or f"{module}::{item.originalname}" in PRODUCTION_VARIANT_SLOW
+        ):
             item.add_marker(pytest.mark.slow)
 
 
-@pytest.fixture(scope="session", params=["sqlite+embedded-redis", "postgres+redis-server"])
+@pytest.fixture(scope="session", params=["sqlite+embedded-redis", PRODUCTION, S3_DEPLOYMENT])
 def service(request, tmp_path_factory, operator_models):
     folder = tmp_path_factory.mktemp("deployment")
-    start = embedded if request.param.startswith("sqlite") else production
-    deployment = start(folder, operator_models)
+    if request.param.startswith("sqlite"):
+        deployment = embedded(folder, operator_models)
+    else:
+        deployment = production(folder, operator_models, s3=request.param == S3_DEPLOYMENT)
     yield deployment
     deployment.stop()
 

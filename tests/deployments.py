@@ -1,6 +1,6 @@
 """Running loraq for the end-to-end tests: the embedded mode (`loraq up`), or the production shape
 (`loraq migrate`, `loraq api` with two uvicorn workers, N `loraq worker` processes) on PostgreSQL and a
-standalone Redis server."""
+standalone Redis server, with its storage in a shared folder or in a bucket of an S3-compatible server."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import PostgresServer, RedisServer, free_port
+from tests.servers import PostgresServer, RedisServer, S3Server, free_port
 
 API_KEY = "lq-test-key-0123456789abcdef"
 FAST_RECOVERY = {  # short enough for tests to watch the reconciler work
@@ -50,11 +50,13 @@ class Deployment:
         self.api_key = API_KEY
         self.processes: dict[str, subprocess.Popen] = {}
         self.servers: list = []
+        self.s3: S3Server | None = None
 
     # ---------------------------------------------------------------- processes
     def start_process(self, label: str, command: list[str]) -> subprocess.Popen:
         log = (self.folder / f"{label}.log").open("ab")
-        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**self.env, "LORAQ_WORK_DIR": str(self.folder / "work" / label)} if self.s3 else self.env
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes[label] = process
         return process
 
@@ -120,22 +122,30 @@ def embedded(folder: Path, extra_env: dict[str, str]) -> Deployment:
     return deployment
 
 
-def production(folder: Path, extra_env: dict[str, str], workers: int = 1) -> Deployment:
-    """PostgreSQL and redis-server, `loraq migrate`, `loraq api --workers 2`, a validator and `workers` workers."""
+def production(folder: Path, extra_env: dict[str, str], workers: int = 1, s3: bool = False) -> Deployment:
+    """PostgreSQL and redis-server, `loraq migrate`, `loraq api --workers 2`, a validator and `workers` workers;
+    storage is a folder they share, or with `s3` a bucket of `rclone serve s3` (each process then has its own
+    local work folder, as on separate machines)."""
     postgres = PostgresServer().start()
     redis = RedisServer(folder / "redis").start()
+    servers: list = [postgres, redis]
+    storage = {"LORAQ_STORAGE_ROOT": str(folder / "storage")}
+    if s3:
+        servers.append(S3Server(folder / "s3").start())
+        storage = servers[-1].environment(servers[-1].bucket("loraq"))
     env = base_environment(
         {
             "LORAQ_ENVIRONMENT": "production",
             "LORAQ_DATABASE_URL": postgres.url,
             "LORAQ_BROKER_URL": redis.url,
-            "LORAQ_STORAGE_ROOT": str(folder / "storage"),
+            **storage,
             "LORAQ_DATA_DIR": str(folder / "data"),
             **extra_env,
         }
     )
-    deployment = Deployment("postgres+redis-server", folder, env)
-    deployment.servers = [postgres, redis]
+    deployment = Deployment("postgres+redis-server" + ("+s3" if s3 else ""), folder, env)
+    deployment.servers = servers
+    deployment.s3 = servers[2] if s3 else None
     deployment.database_url = postgres.url
     deployment.redis = redis
     subprocess.run(loraq("migrate"), env=env, check=True, capture_output=True)

@@ -10,20 +10,19 @@ from sqlalchemy import select
 from loraq.base_models import find_model
 from loraq.job_spec import Hyperparameters, Resources
 from loraq.settings import Settings
-from loraq.storage import Storage
+from loraq.storage import JobPaths, Storage, tokenized_prefix
 from models import FileRecord, Job
 from training.config import TrainingConfig
 from worker.errors import ModelNotOffered
 
 
-def build_training_config(job: Job, settings: Settings, storage: Storage, session) -> TrainingConfig:
+def build_training_config(job: Job, settings: Settings, paths: JobPaths, files: dict[str, LocalFile]) -> TrainingConfig:
+    """The config of a run in the job's workspace `paths`, on the local copies of its files."""
     entry = find_model(settings, job.model)
     if entry is None:
         raise ModelNotOffered(f"base model {job.model!r} is no longer offered by this server")
-    files = job_files(job, storage, session)
     train = files[job.training_file]
     evaluation = files[job.validation_file] if job.validation_file else None
-    paths = storage.job_paths(job.id)
     resources = Resources.model_validate(job.resources or {})
     return TrainingConfig(
         base_model=entry.source,
@@ -52,18 +51,32 @@ def build_training_config(job: Job, settings: Settings, storage: Storage, sessio
 
 
 @dataclass(frozen=True)
-class StoredFile:
-    """An uploaded file as the validation stage and the training program use it."""
+class LocalFile:
+    """An uploaded file on this machine, as the validation stage and the training program read it."""
 
     path: Path  # the uploaded bytes
     sha256: str  # as recorded at upload
     tokenized_dir: Path  # its tokenized copies (training.tokenized)
 
 
-def job_files(job: Job, storage: Storage, session) -> dict[str, StoredFile]:
+@dataclass(frozen=True)
+class StoredFile:
+    """An uploaded file in storage."""
+
+    id: str
+    key: str
+    sha256: str
+
+    def fetch(self, storage: Storage) -> LocalFile:
+        """Its bytes and tokenized copies on this machine (downloaded and cached when storage is remote)."""
+        path = storage.local_file(self.key, self.sha256)
+        return LocalFile(path, self.sha256, storage.local_folder(tokenized_prefix(self.id)))
+
+
+def job_files(job: Job, session) -> dict[str, StoredFile]:
     """The job's training (and validation) file, by file id."""
     ids = [f for f in (job.training_file, job.validation_file) if f]
     return {
-        f.id: StoredFile(storage.resolve(f.storage_key), f.sha256, storage.tokenized_dir(f.id))
+        f.id: StoredFile(f.id, f.storage_key, f.sha256)
         for f in session.scalars(select(FileRecord).where(FileRecord.id.in_(ids)))
     }

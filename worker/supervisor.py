@@ -6,7 +6,12 @@ the child trains it renews the lease and asks the child to stop when the job is 
 another worker (`cancel`), when this worker is shutting down (`handoff`: checkpoint, then back to the
 queue), or when the run-time limit passes (`deadline`: checkpoint, then fail). A child killed from outside
 is retried from its last checkpoint, up to `max_attempts`. The job is `succeeded` only once its adapter
-archive is on disk with its sha256 recorded.
+archive is in storage with its sha256 recorded.
+
+The child trains in the job's workspace (loraq.storage: the storage folder itself, or local scratch when
+storage is S3). The supervisor publishes each complete checkpoint to storage before recording it, its
+marker last (worker.checkpoint_store), and the final adapter, result files and adapter archive (last)
+before the job succeeds; a run resumes from the newest checkpoint complete in storage, fetched back.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from loraq.settings import Settings
-from loraq.storage import Storage, build_archive, read_tail, sha256_of
+from loraq.storage import build_archive, job_key, open_storage, read_tail, sha256_of
 from models import Checkpoint, FileRecord, FileStatus, Job, JobStatus, new_id, utcnow
 from models.job_state import (
     add_event,
@@ -42,12 +48,13 @@ from models.job_state import (
     renew_lease,
 )
 from models.session import session_scope
-from training.checkpoints import is_adapter_file, is_complete, newest_complete, remove_incomplete, step_of
+from training.checkpoints import is_adapter_file, step_of
 from training.config import TrainingConfig
+from worker import checkpoint_store
 from worker.celery_app import send_job
 from worker.child_process import ProgressTail, dead_rank, exit_reason, kill, request_stop, start_training
 from worker.errors import JobTaskError, ModelNotOffered, StorageFailure
-from worker.job_config import build_training_config
+from worker.job_config import LocalFile, build_training_config, job_files
 
 logger = logging.getLogger("loraq.worker")
 
@@ -80,8 +87,8 @@ class JobSupervisor:
         self.job_id = job_id
         self.settings = settings
         self.db = settings.resolved_database_url
-        self.storage = Storage(settings.resolved_storage_root)
-        self.paths = self.storage.job_paths(job_id)
+        self.storage = open_storage(settings)
+        self.paths = self.storage.job_workspace(job_id)
         self.worker_id = worker_identity(node)
         self.deadline: datetime | None = None
         self.time_limit: int | None = None  # seconds, from the job's first start
@@ -98,24 +105,49 @@ class JobSupervisor:
                 return Outcome.skipped
             self.attempt = job.attempts
             self.deadline = self._deadline(job)
-            try:
-                config = build_training_config(job, self.settings, self.storage, session)
-            except ModelNotOffered as exc:  # failed in the claim's own transaction: it never runs
-                fail_job(session, self.job_id, self.worker_id, exc.code, exc.message)
-                return Outcome.failed
-            config.resume_from = self._resume_point()
-            unreported = self._unreported_checkpoints(session)
-            self._announce_start(session, job, config)
+            stored = job_files(job, session)
+            recorded = set(session.scalars(select(Checkpoint.step_number).where(Checkpoint.job_id == self.job_id)))
         logger.info("job %s: claimed by %s (attempt %s)", self.job_id, self.worker_id, self.attempt)
+        outcome = Outcome.lost
         try:
+            # Downloads (S3) happen outside any transaction (the job's row is not held meanwhile), under the lease.
+            try:
+                with self._lease_kept():
+                    files = {file_id: f.fetch(self.storage) for file_id, f in stored.items()}
+                    resume_from, unreported = self._checkpoints_in_storage(recorded)
+            except OSError as exc:
+                logger.exception("job %s: storage error", self.job_id)
+                return self._fail(StorageFailure(f"Reading the job's files or checkpoints from storage failed: {exc}"))
+            config = self._start(files, resume_from)
+            if config is None:
+                return Outcome.failed
             self._record_unreported_checkpoints(unreported, self.attempt - 1)
-            return self._train_and_record(config)
+            outcome = self._train_and_record(config)
+            return outcome
         except OSError as exc:
             logger.exception("job %s: storage error", self.job_id)
-            return self._fail(StorageFailure(f"Writing to shared storage failed: {exc}. No adapter was published."))
+            outcome = self._fail(StorageFailure(f"Writing to shared storage failed: {exc}. No adapter was published."))
+            return outcome
         except Exception as exc:  # our own crash: the job must not hang in `running`
             logger.exception("job %s: supervisor error", self.job_id)
-            return self._fail(JobTaskError(f"The worker failed while running the job: {type(exc).__name__}: {exc}"))
+            outcome = self._fail(JobTaskError(f"The worker failed while running the job: {type(exc).__name__}: {exc}"))
+            return outcome
+        finally:
+            if outcome != Outcome.lost:  # a lost job's workspace may be its new holder's on this machine
+                self.storage.release_workspace(self.job_id)
+
+    def _start(self, files: dict[str, LocalFile], resume_from: str | None) -> TrainingConfig | None:
+        """The run's config, announced; None when the job failed instead (its model is no longer offered)."""
+        with session_scope(self.db) as session:
+            job = get_job(session, self.job_id)
+            try:
+                config = build_training_config(job, self.settings, self.paths, files)
+            except ModelNotOffered as exc:  # it never runs
+                fail_job(session, self.job_id, self.worker_id, exc.code, exc.message)
+                return None
+            config.resume_from = resume_from
+            self._announce_start(session, job, config)
+        return config
 
     def _announce_start(self, session: Session, job: Job, config: TrainingConfig) -> None:
         devices = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -145,21 +177,21 @@ class JobSupervisor:
         self.time_limit = min(limits)
         return job.first_started_at + timedelta(seconds=self.time_limit)
 
-    # ------------------------------------------------------------------ checkpoints on storage
-    def _resume_point(self) -> str | None:
-        """The newest complete checkpoint of an earlier attempt; half-written ones are deleted."""
-        for folder in remove_incomplete(self.paths.checkpoints):
-            logger.warning("job %s: removed incomplete checkpoint %s", self.job_id, folder.name)
-        newest = newest_complete(self.paths.checkpoints)
-        return str(newest) if newest else None
+    # ------------------------------------------------------------------ checkpoints in storage
+    def _checkpoints_in_storage(self, recorded: set[int]) -> tuple[str | None, list[tuple[int, Path]]]:
+        """The newest complete checkpoint of an earlier attempt (fetched into the workspace), and the complete
+        ones with no database record (fetched too): a worker that died may have completed a checkpoint without
+        recording it; storage is the truth. Half-written ones are deleted."""
+        steps = checkpoint_store.complete_steps(self.storage, self.job_id)
+        checkpoint_store.forget_others(self.paths, steps)
+        fetch = lambda step: checkpoint_store.fetch(self.storage, self.job_id, step, self.paths)  # noqa: E731
+        newest = fetch(steps[-1]) if steps else None
+        unreported = [(step, fetch(step)) for step in steps if step not in recorded]
+        return (str(newest) if newest else None), unreported
 
-    def _unreported_checkpoints(self, session: Session) -> list[tuple[int, Path]]:
-        """(step, folder) of the complete checkpoints on storage with no database record: a worker that died
-        may have completed a checkpoint without recording it; storage is the truth."""
-        recorded = set(session.scalars(select(Checkpoint.step_number).where(Checkpoint.job_id == self.job_id)))
-        folder = self.paths.checkpoints
-        complete = [(step_of(p), p) for p in folder.iterdir() if is_complete(p)] if folder.is_dir() else []
-        return sorted((step, p) for step, p in complete if step is not None and step not in recorded)
+    def _key(self, path: Path) -> str:
+        """The storage key of a file or folder of the workspace."""
+        return job_key(self.job_id, Path(path).resolve().relative_to(self.paths.root.resolve()))
 
     def _record_unreported_checkpoints(self, checkpoints: list[tuple[int, Path]], previous_attempt: int) -> None:
         """Record them for the attempt that wrote them, archived first, outside any transaction (the job's
@@ -170,16 +202,17 @@ class JobSupervisor:
         with session_scope(self.db) as session:
             for step, path in checkpoints:
                 record_checkpoint(
-                    session, self.job_id, {"step": step, "metrics": {}}, self.storage.relative(path),
+                    session, self.job_id, {"step": step, "metrics": {}}, self._key(path),
                     attempt=previous_attempt, archive=archives[step],
                 )  # fmt: skip
 
     def _archive_checkpoint(self, folder: Path, step: int) -> tuple[str, int] | None:
         """The checkpoint's adapter files (no optimizer or trainer state) as one downloadable archive."""
+        archive = self.paths.checkpoint_archive(step)
         try:
-            return build_archive(
-                folder, self.paths.checkpoint_archive(step), f"{self.job_id}-step-{step}", include=is_adapter_file
-            )
+            built = build_archive(folder, archive, f"{self.job_id}-step-{step}", include=is_adapter_file)
+            self.storage.put_file(self._key(archive), archive)
+            return built
         except OSError as exc:  # the checkpoint stays usable for resuming; only its download is missing
             logger.warning("job %s: could not archive checkpoint %s: %s", self.job_id, folder.name, exc)
             return None
@@ -232,6 +265,27 @@ class JobSupervisor:
             return "deadline"
         return None
 
+    @contextmanager
+    def _lease_kept(self) -> Iterator[None]:
+        """Renew the lease from a thread meanwhile: storage transfers (downloads before a run, a checkpoint's
+        upload) may outlast it, and the job must not be given to another worker for that."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.settings.lease_seconds / 3):
+                try:
+                    self._still_ours(renew=True)
+                except Exception:  # the database is down too: the main loop's next renewal says so
+                    logger.warning("job %s: could not renew the lease during a transfer", self.job_id)
+
+        thread = threading.Thread(target=renew, name=f"lease-{self.job_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
     def _still_ours(self, renew: bool) -> bool:
         """False once the job is cancelled or claimed by someone else; renews the lease when asked."""
         with session_scope(self.db) as session:
@@ -245,12 +299,15 @@ class JobSupervisor:
     def _apply(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
-        # Archives are written before the transaction opens: no database transaction waits on file I/O.
-        archives = {
-            r["step"]: self._archive_checkpoint(Path(r["path"]), r["step"])
-            for r in records
-            if r["type"] == "checkpoint"
-        }
+        # Checkpoints are archived and published before the transaction opens (no database transaction waits
+        # on storage), so a checkpoint recorded in the database is always complete in storage.
+        archives = {}
+        checkpoints = [r for r in records if r["type"] == "checkpoint"]
+        if checkpoints:
+            with self._lease_kept():
+                for record in checkpoints:
+                    archives[record["step"]] = self._archive_checkpoint(Path(record["path"]), record["step"])
+                    checkpoint_store.publish(self.storage, self.job_id, record["step"], Path(record["path"]))
         with session_scope(self.db) as session:
             for record in records:
                 handler = self.RECORD_HANDLERS.get(record["type"])
@@ -261,7 +318,7 @@ class JobSupervisor:
         record_metrics(session, self.job_id, self.worker_id, record)
 
     def _on_checkpoint(self, session: Session, record: dict[str, Any], archives: dict) -> None:
-        key = self.storage.relative(Path(record["path"]))
+        key = self._key(Path(record["path"]))
         record_checkpoint(session, self.job_id, record, key, attempt=self.attempt, archive=archives[record["step"]])
 
     def _on_evaluation(self, session: Session, record: dict[str, Any], _archives: dict) -> None:
@@ -356,12 +413,17 @@ class JobSupervisor:
         return Outcome.requeued
 
     def _succeed(self, final: dict[str, Any]) -> Outcome:
-        adapter = Path(final["adapter_dir"])
-        sha256, size = build_archive(adapter, self.paths.adapter_archive, arcname=self.job_id)
+        adapter, results = Path(final["adapter_dir"]), [Path(p) for p in final.get("result_files", [])]
+        with self._lease_kept():
+            sha256, size = build_archive(adapter, self.paths.adapter_archive, arcname=self.job_id)
+            self.storage.put_folder(self._key(adapter) + "/", adapter)
+            for path in results:
+                self.storage.put_file(self._key(path), path)
+            self.storage.put_file(self._key(self.paths.adapter_archive), self.paths.adapter_archive)  # last
         with session_scope(self.db) as session:
             job = get_job(session, self.job_id)
             name = job.fine_tuned_name
-            result_ids = [self._register_result_file(session, job, Path(p)) for p in final.get("result_files", [])]
+            result_ids = [self._register_result_file(session, job, path) for path in results]
             done = finish_job(
                 session, self.job_id, self.worker_id, JobStatus.succeeded,
                 fine_tuned_model=name, trained_tokens=final.get("trained_tokens"), completed_steps=final.get("steps"),
@@ -379,7 +441,7 @@ class JobSupervisor:
         record = FileRecord(
             id=new_id("file"), owner=job.owner, filename=path.name, purpose="fine-tune-results",
             bytes=path.stat().st_size, sha256=sha256_of(path), status=FileStatus.processed, examples=0,
-            storage_key=self.storage.relative(path),
+            storage_key=self._key(path),
         )  # fmt: skip
         session.add(record)
         return record.id

@@ -8,8 +8,9 @@ large file), so a job is never checked by two validators at once and a validator
 replaced once its lease expires. The job goes on to `queued` with its estimated steps and tokens, or to
 `failed` with a reason naming the file and the lines; each file's token report is kept on the file record
 (GET /v1/files/{id}). The same pass writes the rows training will train on, tokenized, to the file's folder
-on shared storage (training.tokenized), which the training program memory-maps; a later job on the same
-file, model and settings finds them there and is not tokenized again. A large file is tokenized by
+in storage (training.tokenized; with S3, a copy stays cached on each machine), which the training program
+memory-maps; a later job on the same file, model and settings finds them there and is not tokenized
+again. A large file is tokenized by
 `LORAQ_VALIDATOR_PROCESSES` processes (training.dataset). A job cancelled meanwhile stays cancelled
 (every outcome is conditional on the job still being in `validating_files` under our lease) and the
 validation stops within seconds; a validator asked to stop hands the job back, to be validated again.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from celery.signals import worker_shutting_down
@@ -28,7 +30,7 @@ from sqlalchemy import select
 from loraq.base_models import find_model
 from loraq.job_spec import Hyperparameters
 from loraq.settings import BaseModelEntry, Settings, get_settings
-from loraq.storage import Storage
+from loraq.storage import Storage, open_storage, tokenized_prefix
 from models import FileRecord, Job
 from models.job_state import (
     add_event,
@@ -113,7 +115,7 @@ def validate_job(job_id: str, settings: Settings, node: str | None = None) -> st
             return "skipped"
         claimed = {"validator": validator, "pid": os.getpid()}
         add_event(session, job_id, f"Validator {validator} is checking the files", data=claimed)
-        files = job_files(job, Storage(settings.resolved_storage_root), session)
+        files = job_files(job, session)
         file_ids = dict(_roles(job))
         stored = {role: files[file_id] for role, file_id in file_ids.items()}
         hp = Hyperparameters.model_validate(job.hyperparameters)
@@ -200,13 +202,17 @@ def _check(
             param="model",
         ) from None
     reports, reused = {}, {}
-    for role, file in files.items():
+    storage = open_storage(settings)
+    for role, stored in files.items():
         try:
+            file = stored.fetch(storage)
             progress = lease.reading(role, file.path)
             found = tokenize_file(
                 file.path, file.sha256, tokenizer, file.tokenized_dir, hp.max_seq_length, hp.train_on_inputs,
                 progress, settings.resolved_validator_processes,
             )  # fmt: skip
+            if not found.reused:
+                _publish_tokenized(storage, stored.id, found.path)
         except MaskError as exc:
             raise ValidationFailure(
                 f"Cannot train on assistant tokens only with the chat template of '{model}': {role} file, {exc}. "
@@ -242,6 +248,13 @@ def _check(
         )
     estimate = training_estimate(train, hp.batch_size, hp.gradient_accumulation_steps, hp.n_epochs, hp.max_steps)
     return reports, reused, estimate
+
+
+def _publish_tokenized(storage: Storage, file_id: str, rows: Path) -> None:
+    """The new tokenized rows into storage, the report first: rows in storage always have their report."""
+    report = rows.with_suffix(".json")
+    storage.put_file(tokenized_prefix(file_id) + report.name, report)
+    storage.put_file(tokenized_prefix(file_id) + rows.name, rows)
 
 
 def _check_target_modules(settings: Settings, entry: BaseModelEntry, model: str, targets: list[str]) -> None:

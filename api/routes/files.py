@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.deps import CurrentOwner, FileDep, SessionDep, SettingsDep, after_commit, visible_to
+from api.downloads import serve_object
 from api.errors import APIError, error_body
 from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
 from api.pagination import page_after
 from api.schemas import ID_PATTERN, FileDeleted, FilePublic, FilesPublic
 from api.uploads import receive_upload
 from loraq.dataset_format import check_file
-from loraq.storage import ChecksumVerifier, Storage, fsync_rename
+from loraq.storage import Storage, file_key, open_storage, tokenized_prefix
 from models import FileRecord, FileStatus, Job, JobStatus, new_id
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 PURPOSES = ("fine-tune",)
+logger = logging.getLogger("loraq.api")
 
 
 @router.post(
@@ -53,38 +54,39 @@ async def upload_file(
     idempotency_key: IdempotencyKey = None,
 ):  # fmt: skip
     """Upload a chat JSONL dataset (multipart: file, purpose=fine-tune); it is checked line by line."""
-    storage = Storage(settings.resolved_storage_root)
-    staging = storage.staging_file("files")
+    storage = open_storage(settings)
+    file_id = new_id("file")
+    upload = await run_in_threadpool(storage.new_upload, file_key(file_id))
     record = None
     try:
-        upload = await receive_upload(request, staging, settings.max_upload_bytes)
-        purpose = upload.fields.get("purpose")
+        received = await receive_upload(request, upload, settings.max_upload_bytes)
+        purpose = received.fields.get("purpose")
         if purpose not in PURPOSES:
             raise APIError(400, f"'purpose' must be one of {', '.join(PURPOSES)} (got {purpose!r}).",
                            param="purpose", code="invalid_purpose")  # fmt: skip
         if idempotency_key:
             claimed = await run_in_threadpool(
                 claim_key, session, principal.owner, "files", idempotency_key,
-                fingerprint(upload.sha256, purpose, upload.filename),
+                fingerprint(received.sha256, purpose, received.filename),
             )  # fmt: skip
             if isinstance(claimed, JSONResponse):
+                await run_in_threadpool(upload.abort)
                 return claimed  # a retry: the first upload's result, and this copy is discarded
             record = claimed
-        report = await run_in_threadpool(check_file, staging, settings.max_examples_per_file)
-        file_id = new_id("file")
-        final = storage.file_path(file_id)
-        await run_in_threadpool(fsync_rename, staging, final)
-    finally:
-        staging.unlink(missing_ok=True)
+        report = await run_in_threadpool(check_file, upload.local_path, settings.max_examples_per_file)
+        await run_in_threadpool(upload.commit)  # only now does the object appear in storage
+    except BaseException:
+        await run_in_threadpool(upload.abort)
+        raise
     file_record = FileRecord(
         id=file_id,
         owner=principal.owner,
-        filename=upload.filename or "upload.jsonl",
+        filename=received.filename or "upload.jsonl",
         purpose=purpose,
-        bytes=upload.size,
-        sha256=upload.sha256,
+        bytes=received.size,
+        sha256=received.sha256,
         examples=report.examples,
-        storage_key=storage.relative(final),
+        storage_key=file_key(file_id),
         status=FileStatus.processed if report.ok else FileStatus.error,
         status_details=None if report.ok else report.summary(),
     )
@@ -157,25 +159,23 @@ def delete_file(record: FileDep, session: SessionDep, settings: SettingsDep):
         )
     record.deleted = True
     # The bytes go once the deletion is committed: a failed commit leaves the file whole and listed.
-    storage = Storage(settings.resolved_storage_root)
-    stored, tokenized = storage.resolve(record.storage_key), storage.tokenized_dir(record.id)
-    after_commit(session, lambda: _remove_stored(stored, tokenized))
+    storage, key, file_id = open_storage(settings), record.storage_key, record.id
+    after_commit(session, lambda: _remove_stored(storage, key, file_id))
     return FileDeleted(id=record.id)
 
 
-def _remove_stored(stored: Path, tokenized: Path) -> None:
+def _remove_stored(storage: Storage, key: str, file_id: str) -> None:
     """The uploaded bytes and their tokenized copies (written by the validation stage)."""
-    stored.unlink(missing_ok=True)
-    shutil.rmtree(tokenized, ignore_errors=True)
+    try:
+        storage.delete_prefix(key)
+        storage.delete_prefix(tokenized_prefix(file_id))
+    except OSError as exc:  # the record is gone for the user either way; the operator sees what was left
+        logger.error("file %s deleted, but its stored bytes could not be removed: %s", file_id, exc)
 
 
-content_verifier = ChecksumVerifier()
-
-
-@router.get("/{file_id}/content", response_class=FileResponse)
-async def file_content(record: FileDep, settings: SettingsDep):
-    """The uploaded bytes, as they were received (checked against their sha256 first)."""
-    path = Storage(settings.resolved_storage_root).resolve(record.storage_key)
-    if not await run_in_threadpool(content_verifier.verify, path, record.sha256):
-        raise APIError(500, "The stored file failed its checksum; the operator has been alerted.", code="file_corrupt")
-    return FileResponse(path, media_type="application/jsonl", headers={"etag": f'"{record.sha256}"'})
+@router.get("/{file_id}/content", response_class=Response, responses={200: {"content": {"application/jsonl": {}}}})
+async def file_content(record: FileDep, request: Request, settings: SettingsDep):
+    """The uploaded bytes, as they were received (checked against their sha256 first; Range, If-Range, ETag)."""
+    corrupt = APIError(500, "The stored file failed its checksum; the operator has been alerted.", code="file_corrupt")
+    storage = open_storage(settings)
+    return await serve_object(request, storage, record.storage_key, record.sha256, "application/jsonl", None, corrupt)

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import SettingsDep
+from loraq.storage import open_storage
 from models.session import get_engine
 from worker.celery_app import check_broker
 
@@ -33,12 +34,17 @@ def _check(settings) -> dict[str, str]:
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"error: {type(exc).__name__}"
+    try:
+        open_storage(settings).check()
+        checks["storage"] = "ok"
+    except Exception as exc:  # the operator reads why (no credentials are in these messages)
+        checks["storage"] = f"error: {exc}"
     return checks
 
 
-@router.get("/readyz", responses={503: {"description": "The database or the broker is unreachable"}})
+@router.get("/readyz", responses={503: {"description": "The database, the broker or storage is unreachable"}})
 async def readyz(settings: SettingsDep):
-    """The database and the broker are reachable."""
+    """The database, the broker and storage are reachable."""
     checks = await run_in_threadpool(_check, settings)
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(

@@ -7,10 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
 from api.deps import CurrentOwner, JobDep, SessionDep, SettingsDep, after_commit, visible_to
+from api.downloads import serve_object
 from api.errors import APIError, not_found
 from api.event_stream import STREAM_RESPONSE, open_event_stream
 from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
@@ -27,7 +28,7 @@ from api.schemas import (
 )
 from loraq.base_models import find_model
 from loraq.job_spec import Hyperparameters, Resources, queue_for_gpus, step_split_error
-from loraq.storage import ChecksumVerifier, Storage
+from loraq.storage import JobPaths, job_key, open_storage
 from models import Checkpoint, FileRecord, FileStatus, Job, JobEvent, JobStatus, job_state, new_id
 from worker.celery_app import send_validation
 
@@ -219,13 +220,12 @@ def list_checkpoints(job: JobDep, session: SessionDep, after: Cursor = None, lim
     )
 
 
-archive_verifier = ChecksumVerifier()
+DOWNLOAD = {"content": {"application/gzip": {}}, "description": "The archive (or the requested range)"}
+NOT_MODIFIED = {"description": "Not modified"}
 
 
-@router.get("/{job_id}/adapter", response_class=FileResponse, responses={304: {"description": "Not modified"}})
-async def download_adapter(
-    job: JobDep, settings: SettingsDep, if_none_match: Annotated[str | None, Header(max_length=256)] = None
-):
+@router.get("/{job_id}/adapter", response_class=Response, responses={200: DOWNLOAD, 304: NOT_MODIFIED})
+async def download_adapter(job: JobDep, request: Request, settings: SettingsDep):
     """The trained adapter folder as one .tar.gz (supports Range, If-Range and ETag)."""
     if job.status != JobStatus.succeeded or not job.adapter_sha256:
         raise APIError(
@@ -234,21 +234,21 @@ async def download_adapter(
             param="job_id",
             code="adapter_not_ready",
         )
-    path = Storage(settings.resolved_storage_root).job_paths(job.id).adapter_archive
-    return await _serve_archive(path, job.adapter_sha256, f"{job.id}-adapter.tar.gz", if_none_match)
+    key = job_key(job.id, JobPaths.relative().adapter_archive)
+    return await _serve_archive(request, settings, key, job.adapter_sha256, f"{job.id}-adapter.tar.gz")
 
 
 @router.get(
     "/{job_id}/checkpoints/{checkpoint_id}/adapter",
-    response_class=FileResponse,
-    responses={304: {"description": "Not modified"}},
+    response_class=Response,
+    responses={200: DOWNLOAD, 304: NOT_MODIFIED},
 )
 async def download_checkpoint_adapter(
     job: JobDep,
     checkpoint_id: Annotated[str, Path(pattern=ID_PATTERN)],
     session: SessionDep,
+    request: Request,
     settings: SettingsDep,
-    if_none_match: Annotated[str | None, Header(max_length=256)] = None,
 ):
     """One checkpoint's adapter (weights, config, tokenizer; no optimizer state) as a .tar.gz, like the
     final adapter: Range, If-Range and ETag. Any job status: a cancelled or failed job's checkpoints count."""
@@ -263,21 +263,14 @@ async def download_checkpoint_adapter(
             param="checkpoint_id",
             code="adapter_not_ready",
         )
-    path = Storage(settings.resolved_storage_root).job_paths(job.id).checkpoint_archive(checkpoint.step_number)
+    key = job_key(job.id, JobPaths.relative().checkpoint_archive(checkpoint.step_number))
     filename = f"{job.id}-step-{checkpoint.step_number}-adapter.tar.gz"
-    return await _serve_archive(path, checkpoint.adapter_sha256, filename, if_none_match)
+    return await _serve_archive(request, settings, key, checkpoint.adapter_sha256, filename)
 
 
-async def _serve_archive(path, sha256: str, filename: str, if_none_match: str | None):
+async def _serve_archive(request: Request, settings, key: str, sha256: str, filename: str) -> Response:
     """An archive whose sha256 is recorded: 304 for a matching ETag, 500 if the stored bytes do not match."""
-    etag = f'"{sha256}"'
-    if if_none_match and etag in [t.strip() for t in if_none_match.split(",")]:
-        return Response(status_code=304, headers={"etag": etag})
-    if not await run_in_threadpool(archive_verifier.verify, path, sha256):
-        logger.error("archive %s does not match its recorded sha256", path)
-        raise APIError(
-            500, "The stored adapter failed its checksum; the operator has been alerted.", code="adapter_corrupt"
-        )
-    return FileResponse(
-        path, media_type="application/gzip", filename=filename, headers={"etag": etag, "x-checksum-sha256": sha256}
+    corrupt = APIError(
+        500, "The stored adapter failed its checksum; the operator has been alerted.", code="adapter_corrupt"
     )
+    return await serve_object(request, open_storage(settings), key, sha256, "application/gzip", filename, corrupt)

@@ -15,13 +15,20 @@ OWNER_KEYS = {"alice": "lq-alice-key-000000000000", "bob": "lq-bob-key-000000000
 
 
 @pytest.fixture
-def settings(tmp_path):
+def settings_in(tmp_path):
+    """Settings read from the environment (a test module may point storage elsewhere first), with a small upload
+    cap, and a database with the owners' keys."""
     settings = Settings(data_dir=tmp_path, max_upload_bytes=4096)
     upgrade(settings.resolved_database_url)
     with session_scope(settings.resolved_database_url) as session:
         for owner, key in OWNER_KEYS.items():
             create_key(session, owner=owner, name="test", key=key)
     return settings
+
+
+@pytest.fixture
+def settings(settings_in):
+    return settings_in
 
 
 @pytest.fixture

@@ -6,15 +6,29 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+
+import pytest
 
 from tests.api.conftest import auth
 
 LINE = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n"
 
 
+@pytest.fixture(params=["local", "s3"])
+def settings(request, tmp_path, monkeypatch):
+    """This module's files in a local folder, and in a bucket of a real S3-compatible server."""
+    if request.param == "s3":
+        server = request.getfixturevalue("s3_server")
+        for name, value in server.environment(server.bucket(f"api-{uuid.uuid4().hex[:12]}")).items():
+            monkeypatch.setenv(name, value)
+    return request.getfixturevalue("settings_in")
+
+
 def _stored(settings):
-    folder = settings.resolved_storage_root / "files"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    from loraq.storage import open_storage
+
+    return sorted(key.removeprefix("files/") for key in open_storage(settings).list("files/"))
 
 
 def test_upload_over_the_cap_is_413_and_stores_nothing(app_client, settings):
@@ -66,16 +80,17 @@ def _upload(app_client, owner="alice") -> str:
     return response.json()["id"]
 
 
-def test_delete_removes_the_stored_bytes_and_their_tokenized_copies(app_client, settings):
-    from loraq.storage import Storage
+def test_delete_removes_the_stored_bytes_and_their_tokenized_copies(app_client, settings, tmp_path):
+    from loraq.storage import open_storage, tokenized_prefix
 
     file_id = _upload(app_client)
     assert len(_stored(settings)) == 1
-    tokenized = Storage(settings.resolved_storage_root).tokenized_dir(file_id)  # as the validation stage writes
-    tokenized.mkdir(parents=True)
-    (tokenized / "rows.arrow").write_bytes(b"rows")
+    rows = tmp_path / "rows.arrow"
+    rows.write_bytes(b"rows")
+    storage = open_storage(settings)
+    storage.put_file(tokenized_prefix(file_id) + "rows.arrow", rows)  # as the validation stage writes
     assert app_client.delete(f"/v1/files/{file_id}", headers=auth("alice")).json()["deleted"] is True
-    assert _stored(settings) == [] and not tokenized.exists()
+    assert _stored(settings) == [] and storage.list(tokenized_prefix(file_id)) == {}
     assert app_client.get(f"/v1/files/{file_id}", headers=auth("alice")).status_code == 404
 
 

@@ -24,7 +24,8 @@ def compose():
 
 def test_services_volumes_and_healthchecks(compose):
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "validator", "worker"}
+    assert set(services) == {"postgres", "redis", "migrate", "api", "validator", "worker", "objectstore"}
+    assert services["objectstore"]["profiles"] == ["s3"]  # optional: `docker compose --profile s3 up`
     for name in ("postgres", "redis", "api"):
         assert "healthcheck" in services[name], name
     assert services["migrate"]["command"] == ["loraq", "migrate"]
@@ -47,7 +48,7 @@ def test_environment_matches_the_settings_object(compose):
         assert loraq_vars, name
         for var in loraq_vars:
             assert var.removeprefix("LORAQ_").lower() in fields, f"{var} is not a setting"
-        assert env["LORAQ_STORAGE_ROOT"] == "/srv/loraq/storage"
+        assert env["LORAQ_STORAGE_URL"] == "${LORAQ_STORAGE_URL:-/srv/loraq/storage}"
     # A production deployment must name its database, broker and storage: the settings refuse otherwise.
     with pytest.raises(ValueError, match="production needs explicit"):
         Settings(environment="production")

@@ -100,7 +100,10 @@ def test_jobs_routed_to_a_named_queue_wait_for_its_workers(fleet):
 
 def test_readyz_reports_a_broker_outage(fleet):
     with fleet.client() as client:
-        assert client.get("/readyz").json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+        assert client.get("/readyz").json() == {
+            "status": "ok",
+            "checks": {"database": "ok", "broker": "ok", "storage": "ok"},
+        }
         fleet.redis.stop()
         try:
             response = client.get("/readyz")

@@ -33,7 +33,7 @@ def trained_job(service):
         assert response.status_code == 200, response.text
         job = response.json()
         assert job["status"] == "validating_files"
-        return wait_for(client, job["id"])
+        return wait_for(client, job["id"], timeout=300)  # a 2-core machine shared with other test runs
 
 
 def test_job_succeeds_with_openai_shaped_record(trained_job):

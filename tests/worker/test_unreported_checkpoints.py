@@ -1,6 +1,6 @@
 """A worker that died between completing a checkpoint and recording it: the next attempt finds it on storage
-(the truth), archives its adapter files and records it for the attempt that wrote it; incomplete folders
-and already recorded checkpoints are left alone."""
+(the truth), archives its adapter files and records it for the attempt that wrote it; already recorded
+checkpoints are left alone, and incomplete ones are deleted."""
 
 from __future__ import annotations
 
@@ -42,15 +42,15 @@ def test_next_attempt_records_and_archives_what_storage_holds(tmp_path):
         session.flush()  # the job row first (no ORM relationship orders the inserts)
         session.add(Checkpoint(id="ftckpt-10", job_id=JOB_ID, step_number=10, metrics={}, storage_key="recorded/10"))
 
-    with session_scope(settings.resolved_database_url) as session:
-        unreported = supervisor._unreported_checkpoints(session)
+    resume_from, unreported = supervisor._checkpoints_in_storage(recorded={10})
+    assert resume_from == str(checkpoints / "checkpoint-20") and not (checkpoints / "checkpoint-30").exists()
     assert [(step, p.name) for step, p in unreported] == [(20, "checkpoint-20")]
     supervisor._record_unreported_checkpoints(unreported, previous_attempt=1)
 
     with session_scope(settings.resolved_database_url) as session:
         rows = {c.step_number: c for c in session.scalars(select(Checkpoint).where(Checkpoint.job_id == JOB_ID))}
         assert sorted(rows) == [10, 20]
-        assert rows[20].storage_key == supervisor.storage.relative(checkpoints / "checkpoint-20")
+        assert rows[20].storage_key == f"jobs/{JOB_ID}/checkpoints/checkpoint-20"
         assert rows[20].adapter_sha256 and rows[20].adapter_bytes
         events = list(session.scalars(select(JobEvent).where(JobEvent.job_id == JOB_ID)))
         assert [(e.message, e.data["attempt"]) for e in events] == [("Checkpoint created at step 20", 1)]
@@ -60,5 +60,4 @@ def test_next_attempt_records_and_archives_what_storage_holds(tmp_path):
         names = sorted(n.rsplit("/", 1)[-1] for n in tar.getnames() if "." in n.rsplit("/", 1)[-1])
     assert names == ["adapter_config.json", "adapter_model.safetensors"]  # no optimizer state, no marker
 
-    with session_scope(settings.resolved_database_url) as session:
-        assert supervisor._unreported_checkpoints(session) == []  # recorded once
+    assert supervisor._checkpoints_in_storage(recorded={10, 20})[1] == []  # recorded once

@@ -1,7 +1,5 @@
-"""Shared storage: uploads, job working folders, checkpoints and adapters under one root folder.
-
-Every piece of storage that a reader may see is written to a temporary name in the same folder and
-renamed into place, so nobody ever reads a half-written upload, checkpoint archive or adapter.
+"""Local files: a job's working folder (`JobPaths`), and writing files and folders so that no reader ever sees
+them half-written (a temporary name in the same folder, flushed, renamed into place).
 """
 
 from __future__ import annotations
@@ -27,6 +25,11 @@ class JobPaths:
     writes, and the API serves."""
 
     root: Path
+
+    @classmethod
+    def relative(cls) -> JobPaths:
+        """The same names relative to the job's folder (for storage keys: loraq.storage.job_key)."""
+        return cls(Path())
 
     @property
     def config(self) -> Path:  # the training program's config (written by the supervisor)
@@ -62,38 +65,6 @@ class JobPaths:
 
     def checkpoint_archive(self, step: int) -> Path:  # one checkpoint's adapter files as a .tar.gz
         return self.root / "checkpoint-adapters" / f"step-{step}.tar.gz"
-
-
-class Storage:
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    # ---- uploads
-    def file_path(self, file_id: str) -> Path:
-        return self.root / "files" / f"{file_id}.jsonl"
-
-    def tokenized_dir(self, file_id: str) -> Path:
-        """An upload's tokenized copies (training.tokenized), one per tokenizer and settings; they go with
-        the file."""
-        return self.root / "tokenized" / file_id
-
-    def staging_file(self, folder: str) -> Path:
-        """A new empty temporary file inside `folder` (same filesystem as its final name)."""
-        directory = self.root / folder
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".upload-", dir=directory)
-        os.close(fd)
-        return Path(name)
-
-    # ---- jobs
-    def job_paths(self, job_id: str) -> JobPaths:
-        return JobPaths(self.root / "jobs" / job_id)
-
-    def relative(self, path: Path) -> str:
-        return str(Path(path).resolve().relative_to(self.root.resolve()))
-
-    def resolve(self, key: str) -> Path:
-        return self.root / key
 
 
 @contextmanager
@@ -169,27 +140,6 @@ def build_archive(
         staging.unlink(missing_ok=True)
         raise
     return sha256_of(destination), destination.stat().st_size
-
-
-class ChecksumVerifier:
-    """Checks a stored file against its recorded sha256 before it is served, once per version of the file
-    (path, size, modification time), so a corrupted or half-replaced file is never sent."""
-
-    def __init__(self):
-        self._verified: set[tuple[str, int, int, str]] = set()
-
-    def verify(self, path: Path, sha256: str) -> bool:
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            return False
-        key = (str(path), stat.st_size, stat.st_mtime_ns, sha256)
-        if key in self._verified:
-            return True
-        if sha256_of(path) != sha256:
-            return False
-        self._verified.add(key)
-        return True
 
 
 def read_tail(path: Path, limit: int = 4000) -> str:
