@@ -307,6 +307,7 @@ def test_a_training_process_killed_every_attempt_fails_after_the_last(stack, cli
     assert len(attempts_of(client, job["id"])) == 4  # bounded: no fifth run
 
 
+@pytest.mark.slow  # the soak variant: six jobs on two workers (tests/e2e/test_fleet.py) and the kills here cover it
 def test_twenty_jobs_while_a_worker_is_killed_and_restarted(stack, client):
     file_id = upload_ok(client, chat_rows()[:2])
     jobs = [create_job(client, file_id, hyperparameters=SMALL_JOB).json() for _ in range(20)]
