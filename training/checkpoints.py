@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 MARKER = "loraq_complete.json"
@@ -79,3 +80,14 @@ TRAINER_STATE_PREFIXES = ("optimizer", "scheduler", "rng_state", "scaler", "trai
 def is_adapter_file(path: Path) -> bool:
     """The adapter, its config, the tokenizer and chat template: what loading the checkpoint needs."""
     return not path.name.startswith(TRAINER_STATE_PREFIXES) and path.name != MARKER and not path.name.startswith(".")
+
+
+def fault_injection_point(where: str, step: int) -> None:
+    """For the fault-injection tests: with LORAQ_FAULT_KILL_AT=<where>:<step>:<flag file>, and while the flag
+    file exists, the process deletes the flag and kills itself with SIGKILL at that point of checkpoint
+    <step> (`checkpoint`: the training program, after its files and before its marker; `publishing`: the
+    worker, after uploading its files and before its marker). Unset in normal operation."""
+    point, _, flag = os.environ.get("LORAQ_FAULT_KILL_AT", "").rpartition(":")
+    if point == f"{where}:{step}" and flag and Path(flag).exists():
+        Path(flag).unlink()
+        os.kill(os.getpid(), signal.SIGKILL)

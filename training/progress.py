@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from training import distributed
-from training.checkpoints import mark_complete
+from training.checkpoints import fault_injection_point, mark_complete
 
 logger = logging.getLogger("loraq.training")
 
@@ -122,21 +121,10 @@ class ProgressCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        _fault_injection_point("checkpoint", state.global_step)
+        fault_injection_point("checkpoint", state.global_step)
         distributed.wait_for_all()  # every rank's files (its RNG state) are written before the marker
         if not distributed.is_main_process():
             return
         mark_complete(folder, state.global_step)
         metrics = dict(self.last_metrics, step=state.global_step)
         self.writer.write("checkpoint", step=state.global_step, path=str(folder), metrics=metrics)
-
-
-def _fault_injection_point(where: str, step: int) -> None:
-    """For the fault-injection tests: with LORAQ_FAULT_KILL_AT=checkpoint:<step>:<flag file>, and while
-    the flag file exists, the process deletes the flag and kills itself with SIGKILL after checkpoint
-    <step>'s files are written and before the checkpoint is marked complete. Unset in normal operation."""
-    spec = os.environ.get("LORAQ_FAULT_KILL_AT", "")
-    point, _, flag = spec.rpartition(":")
-    if point == f"{where}:{step}" and flag and Path(flag).exists():
-        Path(flag).unlink()
-        os.kill(os.getpid(), signal.SIGKILL)

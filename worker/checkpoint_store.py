@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import signal
 from pathlib import Path
 
 from loraq.storage import JobPaths, Storage, job_key, staged_directory
-from training.checkpoints import MARKER, is_complete, step_of
+from training.checkpoints import MARKER, fault_injection_point, is_complete, step_of
 
 logger = logging.getLogger("loraq.worker")
 
@@ -81,16 +79,5 @@ def publish(storage: Storage, job_id: str, step: int, folder: Path) -> None:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name != MARKER)
     for path in files:
         storage.put_file(prefix + path.relative_to(folder).as_posix(), path)
-    _fault_injection_point(step)
+    fault_injection_point("publishing", step)
     storage.put_file(prefix + MARKER, folder / MARKER)
-
-
-def _fault_injection_point(step: int) -> None:
-    """For the fault-injection tests, as training.progress's (which the worker does not import: it loads
-    transformers): with LORAQ_FAULT_KILL_AT=publishing:<step>:<flag file>, and while the flag file exists,
-    the worker deletes the flag and kills itself with SIGKILL after publishing checkpoint <step>'s files
-    and before its marker. Unset in normal operation."""
-    point, _, flag = os.environ.get("LORAQ_FAULT_KILL_AT", "").rpartition(":")
-    if point == f"publishing:{step}" and flag and Path(flag).exists():
-        Path(flag).unlink()
-        os.kill(os.getpid(), signal.SIGKILL)
