@@ -182,7 +182,7 @@ def test_the_chart_follows_a_running_job_and_cancel_stops_it(dashboard, client):
     # More points arrive without a reload.
     dashboard.wait_until(lambda: chart_points(page) >= first + 2, "the chart to grow", 120)
     assert page.query_selector('#job-status [data-status="running"]')
-    assert "ETA" in page.inner_text("#eta")
+    dashboard.wait_until(lambda: "ETA" in page.inner_text("#eta"), "the ETA", 10)
     dashboard.shoot("running")
 
     page.click("#cancel-job")

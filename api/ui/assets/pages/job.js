@@ -50,6 +50,7 @@ class JobView {
     this.checkpoints = [];
     this.resultsShown = false;
     this.timer = null;
+    this.lastPoll = 0;
     this.follower = null;
     this.chart = null;
     fill(main, h("div.loading", {}, "Loading job…"));
@@ -238,10 +239,11 @@ class JobView {
   }
 
   // ------------------------------------------------------------------ the job object
-  schedulePoll() {
+  schedulePoll(delay = POLL_SECONDS * 1000) {
     clearTimeout(this.timer);
     if (!this.job || !ACTIVE.has(this.job.status)) return;
     this.timer = setTimeout(async () => {
+      this.lastPoll = Date.now();
       try {
         if (!document.hidden) this.setJob(await this.get(this.path));
       } catch (error) {
@@ -249,7 +251,7 @@ class JobView {
         this.flash(error.message);
       }
       this.schedulePoll();
-    }, POLL_SECONDS * 1000);
+    }, delay);
   }
 
   setJob(job) {
@@ -313,14 +315,19 @@ class JobView {
   addEvents(events) {
     let chartChanged = false;
     let checkpointSeen = false;
+    let progressSeen = false;
     for (const event of events) {
       this.events.push(event);
       chartChanged = this.series.addEvent(event) || chartChanged;
       if (event.data?.file && event.data.examples !== undefined) this.reports[event.data.file] = event.data;
       if (event.message.startsWith("Checkpoint created")) checkpointSeen = true;
-      if (typeof event.data?.tokens_per_second === "number")
+      if (typeof event.data?.tokens_per_second === "number") {
         this.el.speed.textContent = formatNumber(event.data.tokens_per_second);
+        progressSeen = true;
+      }
     }
+    // A step was reported: the job's progress and ETA are re-read now (at most once a second), not at the next poll.
+    if (progressSeen && Date.now() - this.lastPoll > 1000) this.schedulePoll(0);
     if (chartChanged) this.chart.update();
     if (checkpointSeen) this.loadCheckpoints();
     this.renderReport();
