@@ -79,10 +79,10 @@ PRODUCTION_VARIANT_SLOW = {
     "tests.security.test_api_fuzz",
     "tests.security.test_malformed_datasets",
 }
-# The e2e modules run on the S3 deployment by default: upload, validation, training, checkpoints, downloads with
-# Range and ETag, and the SDK's path (tests/faults/test_object_storage_faults.py adds resumption and outages).
+# The e2e module run on the S3 deployment by default: upload, validation, training, checkpoints, downloads with
+# Range and ETag (tests/faults/test_object_storage_faults.py adds resumption and outages).
 # The rest of its variants are `slow`: the same API over the same storage interface, already run on the others.
-S3_BY_DEFAULT = {"test_train_and_download.py", "test_openai_sdk.py"}
+S3_BY_DEFAULT = {"test_train_and_download.py"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from hashlib import sha256
 from pathlib import Path
 
 import httpx
@@ -86,15 +88,20 @@ def _hold_event_stream(client: httpx.Client, job_id: str) -> list[str]:
     return outcome
 
 
-def test_up_generates_a_key_and_ctrl_c_stops_everything_keeping_the_job(tmp_path):
+def test_up_generates_a_key_and_ctrl_c_stops_everything_keeping_the_job(tmp_path, s3_server):
+    """`loraq up` on an S3 bucket (the local-folder default runs in every other embedded test): a job stopped by
+    Ctrl-C resumes at the next start from its checkpoint in the bucket, with the local scratch space gone as on a
+    fresh machine."""
     port = free_port()
-    process, key = _start_up(tmp_path, port)
+    storage = s3_server.environment(s3_server.bucket("embedded"))
+    process, key = _start_up(tmp_path, port, **storage)
     try:
         assert (tmp_path / "data" / "api_key").read_text().strip() == key
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"})
         assert client.get("/v1/models").status_code == 200
+        assert client.get("/readyz").json()["checks"]["storage"] == "ok"
         file_id = upload_ok(client, chat_rows())
-        hp = {"n_epochs": 40, "gradient_accumulation_steps": 1, "save_steps": 20, "logging_steps": 20}
+        hp = {"n_epochs": 15, "gradient_accumulation_steps": 1, "save_steps": 20, "logging_steps": 20}
         job_id = create_job(client, file_id, hyperparameters=hp).json()["id"]
         deadline = time.monotonic() + 120
         while not client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]:
@@ -103,12 +110,17 @@ def test_up_generates_a_key_and_ctrl_c_stops_everything_keeping_the_job(tmp_path
         _ctrl_c(process)  # the running job checkpoints and goes back to the queue before Redis stops
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/healthz")
+        shutil.rmtree(tmp_path / "data" / "work")  # the scratch space and cache: only the bucket is kept
 
-        process, _ = _start_up(tmp_path, port)  # the same data folder: the job continues
-        finished = wait_for(client, job_id, timeout=420)  # 40 epochs on a CPU that may be shared
+        process, _ = _start_up(tmp_path, port, **storage)  # the same database and bucket: the job continues
+        finished = wait_for(client, job_id, timeout=420)  # on a CPU that may be shared
         assert finished["status"] == "succeeded", finished["error"]
         resumed = [e for e in events(client, job_id) if "resumed_from_step" in (e.get("data") or {})]
         assert resumed and resumed[0]["data"]["resumed_from_step"] >= 20
+        adapter = client.get(f"/v1/fine_tuning/jobs/{job_id}/adapter")
+        assert adapter.status_code == 200 and adapter.headers["etag"].strip('"') == sha256(adapter.content).hexdigest()
+        stored = {p.name for p in (s3_server.data / "embedded").rglob("*") if p.is_file()}
+        assert "adapter.tar.gz" in stored and not (tmp_path / "data" / "storage").exists()
         _ctrl_c(process)
     finally:
         if process.poll() is None:

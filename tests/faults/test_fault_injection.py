@@ -150,6 +150,7 @@ def test_kill_9_worker_resumes_elsewhere_from_checkpoint(stack, client, facts_fi
     restart_worker(stack, label)
 
 
+@pytest.mark.slow  # a child's SIGKILL and retry from the checkpoint: the every-attempt kill case below covers it
 def test_kill_9_training_child_alone(stack, client, facts_file, reference_answers, tmp_path):
     job = create_job(client, facts_file, hyperparameters=FACTS_JOB).json()
     first_checkpoint(client, job["id"])
@@ -214,6 +215,7 @@ def test_validation_message_lost_while_the_validator_is_down(stack, client, fact
     assert not [e for e in events(client, cancelled["id"]) if e["message"] == "Job queued"]
 
 
+@pytest.mark.slow  # the API holds no state; `loraq up` restarted mid-job (tests/e2e/test_embedded_mode.py) covers it
 def test_api_restarted_while_a_job_trains(stack, client, facts_file):
     job = create_job(client, facts_file, hyperparameters=SMALL_JOB).json()
     wait_for(client, job["id"], until=("running",))
@@ -227,6 +229,7 @@ def test_api_restarted_while_a_job_trains(stack, client, facts_file):
     check_trained_once(client, finished)
 
 
+@pytest.mark.slow  # one claim per job: tests/models/test_job_state.py (two workers claiming) checks the same rule
 def test_same_message_delivered_twice(stack, client, facts_file):
     from worker.celery_app import RUN_JOB_TASK, make_celery
 
@@ -307,7 +310,7 @@ def test_a_training_process_killed_every_attempt_fails_after_the_last(stack, cli
     assert len(attempts_of(client, job["id"])) == 4  # bounded: no fifth run
 
 
-@pytest.mark.slow  # the soak variant: six jobs on two workers (tests/e2e/test_fleet.py) and the kills here cover it
+@pytest.mark.slow  # the soak variant: four jobs on two workers (tests/e2e/test_fleet.py) and the kills here cover it
 def test_twenty_jobs_while_a_worker_is_killed_and_restarted(stack, client):
     file_id = upload_ok(client, chat_rows()[:2])
     jobs = [create_job(client, file_id, hyperparameters=SMALL_JOB).json() for _ in range(20)]
