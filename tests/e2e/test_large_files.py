@@ -197,3 +197,21 @@ def test_a_few_megabytes_are_tokenized_once_by_the_validator(stack, client, tmp_
 
     assert client.delete(f"/v1/files/{file_id}").json()["deleted"] is True
     assert not folder.exists()
+
+
+@pytest.mark.slow  # a minute or more of tokenizing on 2 cores; the few-megabyte case above runs by default
+def test_a_50_megabyte_file_trains_for_max_steps_after_reporting_progress(stack, client, tmp_path):
+    from bench.data_scale import write_chat_file
+
+    content = write_chat_file(tmp_path / "chat.jsonl", 50_000_000).read_bytes()
+    file_id = upload_ok(client, content)
+    job = create_job(client, file_id, hyperparameters={**ONE_STEP, "max_steps": 2}).json()
+    finished = wait_for(client, job["id"], timeout=900)
+    assert finished["status"] == "succeeded", finished["error"]
+    assert finished["total_steps"] == finished["completed_steps"] == 2
+    history = events(client, job["id"])
+    reports = progress_events(history)
+    assert len(reports) >= 2 and reports[-1]["data"]["bytes_total"] == len(content)
+    report = next(e["data"] for e in history if e["message"].startswith("Training file:"))
+    assert report["examples"] == content.count(b"\n")
+    assert client.delete(f"/v1/files/{file_id}").json()["deleted"] is True
