@@ -51,8 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router, responses=error_responses(400, 401, 404, 413, 500))
     app.include_router(jobs.router, responses=error_responses(400, 401, 404, 429, 500))
     app.include_router(models.router, responses=error_responses(400, 401, 404, 500))
-    for prefix in webhooks.PREFIXES:
-        app.include_router(webhooks.router, prefix=prefix, responses=error_responses(400, 401, 404, 500))
+    app.include_router(webhooks.router, prefix=webhooks.PREFIX, responses=error_responses(400, 401, 404, 500))
+    app.include_router(webhooks.router, prefix=webhooks.OTHER_PREFIX, include_in_schema=False)
     install_dashboard(app)
     logging.getLogger("loraq").setLevel(logging.INFO)
     return app

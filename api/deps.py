@@ -114,13 +114,13 @@ FileDep = Annotated[FileRecord, Depends(load_file)]
 
 
 def load_webhook(
-    webhook_id: Annotated[str, Path(pattern=ID_PATTERN)], session: SessionDep, principal: CurrentOwner
+    webhook_endpoint_id: Annotated[str, Path(pattern=ID_PATTERN)], session: SessionDep, principal: CurrentOwner
 ) -> WebhookEndpoint:
     endpoint = session.scalars(
-        select(WebhookEndpoint).where(WebhookEndpoint.id == webhook_id, visible_to(principal, WebhookEndpoint))
+        select(WebhookEndpoint).where(WebhookEndpoint.id == webhook_endpoint_id, visible_to(principal, WebhookEndpoint))
     ).first()
     if endpoint is None:
-        raise not_found("webhook endpoint", webhook_id)
+        raise not_found("webhook endpoint", webhook_endpoint_id)
     return endpoint
 
 

@@ -28,7 +28,7 @@ def _is_public(address: str) -> bool:
 def resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (OSError, UnicodeError, ValueError) as exc:  # unknown name, no DNS, a label too long, a NUL
         raise WebhookURLError(f"The webhook URL's host '{host}' does not resolve ({exc}).") from None
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 

@@ -29,7 +29,8 @@ from loraq.webhook_urls import WebhookURLError, checked_address
 from models import WebhookDelivery, WebhookEndpoint, new_id
 
 router = APIRouter(tags=["webhooks"])
-PREFIXES = ("/v1/webhook_endpoints", "/v1/webhooks")
+PREFIX = "/v1/webhook_endpoints"
+OTHER_PREFIX = "/v1/webhooks"  # the same routes, left out of the OpenAPI schema
 
 Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(pattern=ID_PATTERN)]
@@ -71,20 +72,20 @@ def list_webhooks(session: SessionDep, principal: CurrentOwner, after: Cursor = 
     )
 
 
-@router.get("/{webhook_id}", response_model=WebhookEndpointPublic)
+@router.get("/{webhook_endpoint_id}", response_model=WebhookEndpointPublic)
 def retrieve_webhook(endpoint: WebhookDep):
     """One endpoint (without its secret)."""
     return WebhookEndpointPublic.of(endpoint)
 
 
-@router.delete("/{webhook_id}", response_model=WebhookEndpointDeleted)
+@router.delete("/{webhook_endpoint_id}", response_model=WebhookEndpointDeleted)
 def delete_webhook(endpoint: WebhookDep, session: SessionDep):
     """Delete an endpoint; its pending deliveries are dropped with it."""
     session.delete(endpoint)
     return WebhookEndpointDeleted(id=endpoint.id)
 
 
-@router.get("/{webhook_id}/deliveries", response_model=WebhookDeliveriesPublic)
+@router.get("/{webhook_endpoint_id}/deliveries", response_model=WebhookDeliveriesPublic)
 def list_deliveries(endpoint: WebhookDep, session: SessionDep, after: Cursor = None, limit: Limit = 20):
     """The endpoint's delivery log, newest first: per event, its attempts, last answer and next retry."""
     query = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)
