@@ -110,3 +110,8 @@ class WebhookDeliveriesPublic(BaseModel):
     has_more: bool
     first_id: str | None = None
     last_id: str | None = None
+
+
+class WebhookEventTypes(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[str]

@@ -115,7 +115,7 @@ class WebhookSender:
                 "POST", target.copy_with(host=address), content=body.encode(), headers=headers, extensions=extensions
             ) as response:  # the answer's body is never read
                 code = response.status_code
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError) as exc:
             return Attempt(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         return Attempt(code, None if 200 <= code < 300 else f"HTTP {code}")
 

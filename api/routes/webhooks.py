@@ -23,12 +23,15 @@ from api.webhook_schemas import (
     WebhookEndpointPublic,
     WebhookEndpointsPublic,
     WebhookEndpointWithSecret,
+    WebhookEventTypes,
 )
 from loraq.webhook_signing import new_secret
 from loraq.webhook_urls import WebhookURLError, checked_address
 from models import WebhookDelivery, WebhookEndpoint, new_id
+from models.webhook_outbox import EVENT_TYPES
 
 router = APIRouter(tags=["webhooks"])
+event_types_router = APIRouter(prefix="/v1/webhook_event_types", tags=["webhooks"])
 PREFIX = "/v1/webhook_endpoints"
 OTHER_PREFIX = "/v1/webhooks"  # the same routes, left out of the OpenAPI schema
 
@@ -94,3 +97,9 @@ def list_deliveries(endpoint: WebhookDep, session: SessionDep, after: Cursor = N
     return WebhookDeliveriesPublic(
         data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
     )
+
+
+@event_types_router.get("", response_model=WebhookEventTypes)
+def list_event_types(_principal: CurrentOwner):
+    """The events loraq sends (`client.webhooks.event_types.list()`)."""
+    return WebhookEventTypes(data=list(EVENT_TYPES))

@@ -78,3 +78,10 @@ def test_an_owner_may_register_a_limited_number(app_client, settings):
     response = app_client.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=auth("alice"))
     assert response.status_code == 400 and response.json()["error"]["code"] == "too_many_webhook_endpoints"
     assert app_client.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=auth("bob")).status_code == 200
+
+
+def test_the_event_types_loraq_sends(app_client):
+    listed = app_client.get("/v1/webhook_event_types", headers=auth("alice")).json()
+    assert listed == {"object": "list", "data": ["fine_tuning.job.succeeded", "fine_tuning.job.failed",
+                                                  "fine_tuning.job.cancelled", "fine_tuning.job.paused"]}  # fmt: skip
+    assert app_client.get("/v1/webhook_event_types").status_code == 401
