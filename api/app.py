@@ -13,7 +13,7 @@ from api.errors import install_error_handlers
 from api.event_stream import close_streams_on_exit_signals
 from api.event_tails import EventHub
 from api.job_reads import JobReader
-from api.routes import files, health, jobs, metrics, models
+from api.routes import files, health, jobs, metrics, models, webhooks
 from api.routes.dashboard import install_dashboard
 from api.schemas import error_responses
 from api.stream_slots import StreamSlots
@@ -51,6 +51,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router, responses=error_responses(400, 401, 404, 413, 500))
     app.include_router(jobs.router, responses=error_responses(400, 401, 404, 429, 500))
     app.include_router(models.router, responses=error_responses(400, 401, 404, 500))
+    app.include_router(webhooks.router, prefix=webhooks.PREFIX, responses=error_responses(400, 401, 404, 500))
+    app.include_router(webhooks.router, prefix=webhooks.OTHER_PREFIX, include_in_schema=False)
+    app.include_router(webhooks.event_types_router, responses=error_responses(401, 500))
     install_dashboard(app)
     logging.getLogger("loraq").setLevel(logging.INFO)
     return app

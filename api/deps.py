@@ -20,7 +20,7 @@ from api.auth import PrincipalCache
 from api.errors import APIError, not_found
 from api.schemas import ID_PATTERN
 from loraq.settings import Settings
-from models import FileRecord, Job
+from models import FileRecord, Job, WebhookEndpoint
 from models.api_keys import Principal, authenticate
 from models.session import session_scope
 
@@ -111,3 +111,17 @@ def load_file(
 
 JobDep = Annotated[Job, Depends(load_job)]
 FileDep = Annotated[FileRecord, Depends(load_file)]
+
+
+def load_webhook(
+    webhook_endpoint_id: Annotated[str, Path(pattern=ID_PATTERN)], session: SessionDep, principal: CurrentOwner
+) -> WebhookEndpoint:
+    endpoint = session.scalars(
+        select(WebhookEndpoint).where(WebhookEndpoint.id == webhook_endpoint_id, visible_to(principal, WebhookEndpoint))
+    ).first()
+    if endpoint is None:
+        raise not_found("webhook endpoint", webhook_endpoint_id)
+    return endpoint
+
+
+WebhookDep = Annotated[WebhookEndpoint, Depends(load_webhook)]

@@ -106,6 +106,25 @@ class Settings(BaseSettings):
     key_cache_seconds: float = Field(
         10, ge=0, description="How long an API process trusts a verified key (a revocation takes this long)"
     )
+    webhook_allowed_hosts: str = Field(
+        "",
+        description="Webhook hosts exempt from the public-address check, comma-separated (e.g. 127.0.0.1,localhost "
+        "or an internal name): they may use http:// and resolve to any address. Every other endpoint must be "
+        "https:// on a host whose addresses are all public",
+    )
+    webhook_timeout_seconds: float = Field(
+        10, gt=0, le=60, description="How long a webhook delivery waits to connect and for each read of the answer"
+    )
+    webhook_retry_base_seconds: float = Field(
+        10, gt=0, description="First retry delay of a failed webhook delivery; it doubles per attempt (with jitter)"
+    )
+    webhook_retry_for_seconds: float = Field(
+        86400, gt=0, description="How long after the event a webhook delivery is retried before it is given up"
+    )
+    webhook_poll_seconds: float = Field(
+        2, gt=0, le=60, description="How often each worker looks for due webhook deliveries when it has none"
+    )
+    max_webhooks_per_owner: int = Field(20, ge=1, description="Webhook endpoints one owner may register")
     bootstrap_api_key: str | None = Field(None, description="API key created at start-up (embedded mode)")
     training_speedups: str = Field(
         "auto",
@@ -134,6 +153,12 @@ class Settings(BaseSettings):
     def job_gpu_counts(self) -> frozenset[int]:
         """The GPU counts a job may ask for (LORAQ_GPUS_PER_JOB)."""
         return frozenset(int(c) for c in self.gpus_per_job.replace(" ", "").split(","))
+
+    @property
+    def webhook_allowed_host_set(self) -> frozenset[str]:
+        """LORAQ_WEBHOOK_ALLOWED_HOSTS as lower-case host names (IPv6 literals without brackets)."""
+        hosts = (h.strip().lower().strip("[]") for h in self.webhook_allowed_hosts.split(","))
+        return frozenset(h for h in hosts if h)
 
     @property
     def resolved_database_url(self) -> str:

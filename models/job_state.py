@@ -14,7 +14,9 @@ reconciler sends the job to the validators again.
 Each change is one conditional UPDATE (`_transition`) that names the state it leaves, so two actors racing
 (a cancel and a claim, two reconcilers, a dead worker and its successor) can never both win: the function
 returns whether it applied, and the caller that lost does nothing. The API, the validator, the supervisor
-and the reconciler all call down into this module; nobody else writes `Job.status`.
+and the reconciler all call down into this module; nobody else writes `Job.status`. A change into a status
+that webhooks announce (succeeded, failed, cancelled, paused) writes its outbox rows in the same transaction
+(models.webhook_outbox).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from models.base import new_id, utcnow
 from models.records import Checkpoint, Job, JobEvent, JobStatus
+from models.webhook_outbox import queue_job_event
 
 
 def _transition(session: Session, job_id: str, *conditions: ColumnElement[bool], **values: Any) -> bool:
@@ -34,7 +37,11 @@ def _transition(session: Session, job_id: str, *conditions: ColumnElement[bool],
     result = session.execute(
         update(Job).where(Job.id == job_id, *conditions).values(**values).execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]  # a CursorResult for UPDATE statements
+    applied = result.rowcount == 1  # type: ignore[attr-defined]  # a CursorResult for UPDATE statements
+    if applied and "status" in values:
+        # The owner's webhooks for the new status, in this transaction: committed with it, or not at all.
+        queue_job_event(session, job_id, values["status"])
+    return applied
 
 
 def get_job(session: Session, job_id: str) -> Job:

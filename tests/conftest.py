@@ -75,6 +75,8 @@ PRODUCTION_VARIANT_SLOW = {
     "tests.e2e.test_event_stream::test_another_owner_gets_404",
     "tests.e2e.test_cancel::test_cancelling_a_finished_job_is_a_400",
     "tests.e2e.test_cancel::test_pollers_see_a_change_at_once_and_never_go_back",
+    "tests.e2e.test_webhooks::test_one_signed_delivery_per_event_for_a_succeeded_and_a_cancelled_job",
+    "tests.e2e.test_webhooks::test_retries_after_a_500_and_while_the_receiver_is_down",
     "tests.cli.test_client_commands",
     "tests.security.test_api_fuzz",
     "tests.security.test_malformed_datasets",

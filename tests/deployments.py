@@ -32,9 +32,20 @@ EVENT_STREAMS = {  # a limit the tests can reach, and heartbeats they need not w
 }
 
 
+WEBHOOKS = {  # the tests' receivers listen on loopback; retries and a dead worker's lease come round quickly
+    "LORAQ_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+    "LORAQ_WEBHOOK_RETRY_BASE_SECONDS": "0.5",
+    "LORAQ_WEBHOOK_TIMEOUT_SECONDS": "2",
+    "LORAQ_WEBHOOK_POLL_SECONDS": "0.5",
+}
+
+
 def base_environment(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAQ_")}
-    env.update({"LORAQ_BOOTSTRAP_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1", **FAST_RECOVERY, **EVENT_STREAMS, **extra})
+    env.update(
+        {"LORAQ_BOOTSTRAP_API_KEY": API_KEY, "PYTHONUNBUFFERED": "1", **FAST_RECOVERY, **EVENT_STREAMS, **WEBHOOKS,
+         **extra}
+    )  # fmt: skip
     return env
 
 

@@ -10,6 +10,7 @@ from loraq.settings import get_settings
 from worker.celery_app import RUN_JOB_TASK, celery_app
 from worker.reconciler import start_reconciler_thread
 from worker.supervisor import SHUTTING_DOWN, JobSupervisor
+from worker.webhook_delivery import start_webhook_thread
 
 logger = logging.getLogger("loraq.worker")
 
@@ -21,8 +22,10 @@ def run_job(self, job_id: str) -> str:
 
 
 @worker_ready.connect
-def _start_reconciler(**_kwargs) -> None:
+def _start_background_threads(**_kwargs) -> None:
+    # In every worker and validator process: repairs, and the webhook outbox's deliveries.
     start_reconciler_thread(get_settings())
+    start_webhook_thread(get_settings())
 
 
 @worker_shutting_down.connect

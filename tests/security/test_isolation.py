@@ -22,7 +22,8 @@ def owners(service):
         finished = wait_for(client, job["id"])
         assert finished["status"] == "succeeded"
         checkpoint = client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"][0]
-    return {
+        webhook = client.post("/v1/webhook_endpoints", json={"url": "http://127.0.0.1:9/hook"}).json()
+    yield {
         "alice": alice,
         "bob": bob,
         "admin": admin,
@@ -30,7 +31,10 @@ def owners(service):
         "job_id": job["id"],
         "model_id": finished["fine_tuned_model"],
         "checkpoint_id": checkpoint["id"],
+        "webhook_endpoint_id": webhook["id"],
     }
+    with service.client(alice) as client:  # no later test's job of alice's is sent to it
+        client.delete(f"/v1/webhook_endpoints/{webhook['id']}")
 
 
 def test_every_route_with_an_id_is_404_for_another_owner(service, owners):
@@ -60,6 +64,7 @@ def test_lists_show_only_your_own(service, owners):
         assert owners["job_id"] not in [j["id"] for j in bob.get("/v1/fine_tuning/jobs").json()["data"]]
         assert owners["file_id"] not in [f["id"] for f in bob.get("/v1/files").json()["data"]]
         assert owners["model_id"] not in [m["id"] for m in bob.get("/v1/models").json()["data"]]
+        assert bob.get("/v1/webhook_endpoints").json()["data"] == []
     with service.client(owners["admin"]) as admin:  # admins see every owner's jobs
         assert owners["job_id"] in [j["id"] for j in admin.get("/v1/fine_tuning/jobs?limit=100").json()["data"]]
         assert admin.get(f"/v1/fine_tuning/jobs/{owners['job_id']}").status_code == 200

@@ -1,0 +1,156 @@
+"""The webhook outbox on real databases built by the migrations (SQLite and PostgreSQL): a job's terminal
+status writes one row per matching endpoint in the same transaction, and of workers racing to claim a row
+exactly one wins."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from loraq.migrate import upgrade
+from models import job_state
+from models.base import utcnow
+from models.records import DeliveryStatus, Job, JobStatus, WebhookDelivery, WebhookEndpoint
+from models.session import session_scope
+from models.webhook_outbox import EVENT_TYPES, claim_delivery, mark_delivered, record_failed_attempt
+from tests.servers import PostgresServer
+
+JOB = "ftjob-hooks00000000000000000000"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server_url(request, tmp_path_factory):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'outbox.db'}"
+        return
+    server = PostgresServer().start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def db(server_url):
+    upgrade(server_url)
+    yield server_url
+    with session_scope(server_url) as session:  # a clean slate for the next test on this database
+        for table in (WebhookDelivery, WebhookEndpoint, Job):
+            session.query(table).delete()
+
+
+def endpoint(db: str, endpoint_id: str, owner: str, event_types=EVENT_TYPES) -> None:
+    with session_scope(db) as session:
+        session.add(WebhookEndpoint(id=endpoint_id, owner=owner, url="https://example.com/hook",
+                                    event_types=list(event_types), secret="whsec_AAAA"))  # fmt: skip
+
+
+def new_job(db: str, owner: str = "alice", job_id: str = JOB) -> str:
+    with session_scope(db) as session:
+        job_state.create_job(
+            session, Job(id=job_id, owner=owner, model="m", training_file="file-x", hyperparameters={}, seed=0)
+        )
+    return job_id
+
+
+def deliveries(db: str) -> list[WebhookDelivery]:
+    with session_scope(db) as session:
+        return list(session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.seq)))
+
+
+def test_a_terminal_status_writes_rows_for_matching_endpoints_in_its_transaction(db):
+    endpoint(db, "wh-all", "alice")
+    endpoint(db, "wh-failures", "alice", ["fine_tuning.job.failed"])
+    endpoint(db, "wh-bob", "bob")
+    job_id = new_job(db)
+    assert deliveries(db) == []  # creating a job announces nothing
+
+    with pytest.raises(RuntimeError), session_scope(db) as session:  # rolled back: no status change, no rows
+        assert job_state.cancel_job(session, job_id, was=JobStatus.validating_files)
+        raise RuntimeError("the request failed after the cancel")
+    assert deliveries(db) == []
+
+    with session_scope(db) as session:
+        assert job_state.cancel_job(session, job_id, was=JobStatus.validating_files)
+    (row,) = deliveries(db)
+    assert (row.endpoint_id, row.event_type, row.job_id) == ("wh-all", "fine_tuning.job.cancelled", job_id)
+    assert row.status == DeliveryStatus.pending and row.attempts == 0 and row.id.startswith("msg_")
+    event = json.loads(row.payload)
+    assert event == {"object": "event", "id": row.event_id, "type": "fine_tuning.job.cancelled",
+                     "created_at": event["created_at"], "data": {"id": job_id}}  # fmt: skip
+    assert event["id"].startswith("evt_") and abs(event["created_at"] - utcnow().timestamp()) < 60
+
+
+def test_a_failed_job_reaches_both_of_its_owners_endpoints_with_one_event_id(db):
+    endpoint(db, "wh-all", "alice")
+    endpoint(db, "wh-failures", "alice", ["fine_tuning.job.failed"])
+    job_id = new_job(db)
+    with session_scope(db) as session:
+        assert job_state.claim_validation(session, job_id, "validator", 60)
+        assert job_state.fail_validation(session, job_id, "validator", "invalid_training_file", "empty")
+    rows = deliveries(db)
+    assert sorted(r.endpoint_id for r in rows) == ["wh-all", "wh-failures"]
+    assert len({r.event_id for r in rows}) == 1 and len({r.id for r in rows}) == 2  # one event, two messages
+
+
+def test_of_workers_racing_for_a_row_exactly_one_claims_it(db):
+    endpoint(db, "wh-all", "alice")
+    with session_scope(db) as session:
+        job_state.cancel_job(session, new_job(db), was=JobStatus.validating_files)
+    start, winners = threading.Barrier(6), []
+
+    def claim(worker: str) -> None:
+        start.wait()
+        with session_scope(db) as session:
+            if claim_delivery(session, worker, lease_seconds=60) is not None:
+                winners.append(worker)
+
+    threads = [threading.Thread(target=claim, args=(f"worker-{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(winners) == 1, winners
+    (row,) = deliveries(db)
+    assert row.lease_owner == winners[0] and row.attempts == 1
+
+
+def test_an_expired_lease_is_claimed_again_and_a_2xx_ends_the_row(db):
+    endpoint(db, "wh-all", "alice")
+    with session_scope(db) as session:
+        job_state.cancel_job(session, new_job(db), was=JobStatus.validating_files)
+    with session_scope(db) as session:  # a worker that dies mid-request: its lease runs out
+        first = claim_delivery(session, "dead-worker", lease_seconds=-1)
+    with session_scope(db) as session:
+        second = claim_delivery(session, "worker-2", lease_seconds=60)
+    assert first is not None and second is not None and second.id == first.id and second.attempts == 2
+    with session_scope(db) as session:  # the dead worker's late failure does not overwrite its successor's lease
+        assert not record_failed_attempt(session, first.id, "dead-worker", 500, "HTTP 500", utcnow())
+        assert mark_delivered(session, second.id, 204)
+    with session_scope(db) as session:
+        assert claim_delivery(session, "worker-3", lease_seconds=60) is None  # never sent again
+    (row,) = deliveries(db)
+    assert row.status == DeliveryStatus.delivered and row.last_status_code == 204 and row.delivered_at
+
+
+def test_a_failed_attempt_waits_for_its_retry_then_gives_up(db):
+    endpoint(db, "wh-all", "alice")
+    with session_scope(db) as session:
+        job_state.cancel_job(session, new_job(db), was=JobStatus.validating_files)
+    with session_scope(db) as session:
+        row = claim_delivery(session, "w", lease_seconds=60)
+        assert row is not None
+        later = utcnow() + timedelta(hours=1)
+        assert record_failed_attempt(session, row.id, "w", 503, "HTTP 503", later)
+    with session_scope(db) as session:
+        assert claim_delivery(session, "w", lease_seconds=60) is None  # not due before its retry time
+        session.query(WebhookDelivery).update({"next_attempt_at": utcnow() - timedelta(seconds=1)})
+    with session_scope(db) as session:
+        row = claim_delivery(session, "w", lease_seconds=60)
+        assert row is not None and row.attempts == 2
+        assert record_failed_attempt(session, row.id, "w", None, "ConnectError: refused", None)
+    (row,) = deliveries(db)
+    assert row.status == DeliveryStatus.failed and row.next_attempt_at is None
+    assert (row.last_status_code, row.last_error) == (None, "ConnectError: refused")
