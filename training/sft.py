@@ -4,7 +4,8 @@ The seed document's script done right on TRL 1.x / transformers 5.x: the loss co
 (and their end-of-turn token) of any chat template unless `train_on_inputs`, batches carry no padding and
 attention stays inside each example, activation checkpointing only when memory needs it, bf16 only on a
 GPU that has it, no paged optimizer, and the adapter folder is written under a temporary name and renamed
-into place with a `loraq.json` beside the weights. The speed tricks the config enables
+into place with a `loraq.json` beside the weights. The adapter is a new one, or for continued training the
+one `init_adapter` names, loaded trainable (training.lora). The speed tricks the config enables
 (training.speedups) are installed by one call once the trainer is built. The command line around it is
 training.run.
 """
