@@ -110,7 +110,11 @@ class Method(BaseModel):
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(max_length=255, description="A base model from GET /v1/models")
+    model: str = Field(
+        max_length=255,
+        description="A base model from GET /v1/models, or one of your fine-tuned models or their checkpoints "
+        "(`fine_tuned_model_checkpoint`) to continue training from its adapter on the same base model",
+    )
     training_file: str = Field(pattern=ID_PATTERN, description="Id of an uploaded file with purpose fine-tune")
     validation_file: str | None = Field(None, pattern=ID_PATTERN)
     hyperparameters: Hyperparameters | None = None
@@ -156,6 +160,12 @@ class JobCreate(BaseModel):
             raise ValueError("give hyperparameters either at the top level or in method.supervised, not both")
         return self
 
+    @property
+    def hyperparameters_param(self) -> str:
+        """Where the request gave its hyperparameters, for error messages."""
+        in_method = self.hyperparameters is None and self.method and self.method.supervised
+        return "method.supervised.hyperparameters" if in_method else "hyperparameters"
+
     def resolved_hyperparameters(self) -> Hyperparameters:
         if self.hyperparameters is not None:
             return self.hyperparameters
@@ -179,6 +189,23 @@ class ValidationProgress(BaseModel):
     bytes_done: int = Field(description="Bytes of the file read so far")
     bytes_total: int = Field(description="The file's size in bytes")
     eta_seconds: int | None = Field(description="Seconds left for this file at the speed so far")
+
+
+class JobParent(BaseModel):
+    """The fine-tuned model (or checkpoint) a continued job started from."""
+
+    job: str = Field(description="The parent job's id")
+    step: int = Field(description="The parent's training step the adapter was taken at")
+    model: str = Field(description="The name given as `model`: a fine_tuned_model or fine_tuned_model_checkpoint")
+    checkpoint: str | None = Field(None, description="The checkpoint's id, when started from a checkpoint")
+
+
+class ServingWarning(BaseModel):
+    """A reason the job's adapter will not load in a serving engine as it is (loraq.serving)."""
+
+    engine: str = Field(description="The serving engine, e.g. vllm")
+    setting: str = Field(description="The hyperparameter or adapter setting at fault, e.g. lora_r")
+    message: str
 
 
 class JobPublic(BaseModel):
@@ -211,6 +238,13 @@ class JobPublic(BaseModel):
         description="While the job is in validating_files: how far its files have been read, refreshed every "
         "LORAQ_VALIDATION_PROGRESS_SECONDS (10) during a long validation; null otherwise",
     )
+    parent: JobParent | None = Field(
+        None, description="loraq's extension: the fine-tuned model or checkpoint this job continues training from"
+    )
+    serving_warnings: list[ServingWarning] = Field(
+        default_factory=list,
+        description="loraq's extension: where the adapter will not load for serving as it is (e.g. vLLM and lora_r)",
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobPublic:
@@ -238,6 +272,8 @@ class JobPublic(BaseModel):
             completed_steps=job.completed_steps,
             estimated_tokens=job.estimated_tokens,
             validation_progress=ValidationProgress(**job.validation_progress) if job.validation_progress else None,
+            parent=JobParent(**job.parent) if job.parent else None,
+            serving_warnings=[ServingWarning(**w) for w in job.serving_warnings or []],
         )
 
 

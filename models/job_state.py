@@ -76,6 +76,19 @@ def create_job(session: Session, job: Job) -> Job:
     session.add(job)
     session.flush()
     add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    if job.parent:
+        parent = job.parent
+        add_event(
+            session, job.id,
+            f"Continuing training from {parent['model']} (job {parent['job']}, step {parent['step']}): its adapter's "
+            f"weights and LoRA shape, on the base model {job.model}",
+            data={"parent": parent},
+        )  # fmt: skip
+    for warning in job.serving_warnings or []:
+        add_event(
+            session, job.id, f"Serving warning ({warning['engine']}, {warning['setting']}): {warning['message']}",
+            level="warn", data={"serving_warning": warning},
+        )  # fmt: skip
     add_event(session, job.id, "Validating training file" + (" and validation file" if job.validation_file else ""))
     return job
 

@@ -119,6 +119,12 @@ class Job(Base):
     result_files: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     # While a validator reads the job's files: how far it is in the current one (worker.validation); else None.
     validation_progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Continued training: the fine-tuned model or checkpoint it starts from ({"job", "step", "model",
+    # "checkpoint"}, api.parent_models); None for a job that starts from its base model (`model`).
+    parent: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Where its adapter will not load, or needs a setting, for serving ([{"engine", "setting", "message"}],
+    # loraq.serving), found at create; None or empty when it serves as it is.
+    serving_warnings: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
 
     @property
     def fine_tuned_name(self) -> str:

@@ -68,6 +68,7 @@ S3_DEPLOYMENT = "postgres+redis-server+s3"
 PRODUCTION_VARIANT_SLOW = {
     "tests.e2e.test_bad_input",
     "tests.e2e.test_validation_stage",
+    "tests.e2e.test_continued_training",  # the API is the same; the S3 variant covers fetching the parent
     "tests.e2e.test_failures",
     "tests.e2e.test_embedded_mode::test_operator_listed_local_model_trains",
     "tests.e2e.test_event_stream::test_reconnects_while_events_are_written_miss_and_repeat_nothing",
@@ -81,10 +82,11 @@ PRODUCTION_VARIANT_SLOW = {
     "tests.security.test_api_fuzz",
     "tests.security.test_malformed_datasets",
 }
-# The e2e module run on the S3 deployment by default: upload, validation, training, checkpoints, downloads with
-# Range and ETag (tests/faults/test_object_storage_faults.py adds resumption and outages).
+# The e2e modules run on the S3 deployment by default: upload, validation, training, checkpoints, downloads with
+# Range and ETag, and continued training's parent adapter fetched from the bucket
+# (tests/faults/test_object_storage_faults.py adds resumption and outages).
 # The rest of its variants are `slow`: the same API over the same storage interface, already run on the others.
-S3_BY_DEFAULT = {"test_train_and_download.py"}
+S3_BY_DEFAULT = {"test_train_and_download.py", "test_continued_training.py"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects

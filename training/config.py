@@ -41,6 +41,12 @@ class TrainingConfig(BaseModel):
     stop_path: str | None = Field(None, description="If this file appears, training stops at the next step")
     seed: int = Field(42, description="Random seed")
     resume_from: str | None = Field(None, description="A complete checkpoint folder to continue from")
+    init_adapter: str | None = Field(
+        None,
+        description="Continued training: a LoRA adapter folder (adapter_config.json and weights) whose weights "
+        "training starts from instead of a new adapter; its rank, alpha and target modules replace the "
+        "hyperparameters' (a checkpoint given with resume_from still wins: its weights are loaded over these)",
+    )
     max_train_seconds: float | None = Field(
         None, gt=0, description="Stop training after this long and save the adapter learned so far"
     )

@@ -26,7 +26,7 @@ SEED_DEFAULT_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 # The TrainingConfig fields a command-line run sets; the others (checkpoint, progress and stop paths, ...)
 # follow from --output_dir or are the worker's.
 RUN_FIELDS = (
-    "base_model", "train_path", "eval_path", "output_dir", "seed", "resume_from", "max_train_seconds",
+    "base_model", "train_path", "eval_path", "output_dir", "seed", "resume_from", "init_adapter", "max_train_seconds",
     "trust_remote_code", "model_cache_dir", "speedups", "nproc_per_node", "strategy",
 )  # fmt: skip
 COMMAND_LINE_DEFAULTS = {"base_model": SEED_DEFAULT_MODEL}

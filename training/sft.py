@@ -4,7 +4,8 @@ The seed document's script done right on TRL 1.x / transformers 5.x: the loss co
 (and their end-of-turn token) of any chat template unless `train_on_inputs`, batches carry no padding and
 attention stays inside each example, activation checkpointing only when memory needs it, bf16 only on a
 GPU that has it, no paged optimizer, and the adapter folder is written under a temporary name and renamed
-into place with a `loraq.json` beside the weights. The speed tricks the config enables
+into place with a `loraq.json` beside the weights. The adapter is a new one, or for continued training the
+one `init_adapter` names, loaded trainable (training.lora). The speed tricks the config enables
 (training.speedups) are installed by one call once the trainer is built. The command line around it is
 training.run.
 """
@@ -20,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
 from trl import SFTConfig
 
@@ -34,6 +34,7 @@ from training.hardware import (
     quantization_config,
     use_gradient_checkpointing,
 )
+from training.lora import attach_lora, with_adapter_shape
 from training.loss_masks import MASK_REMEDY, MaskError
 from training.packing import PackedSFTTrainer, token_budget
 from training.progress import ProgressCallback, ProgressWriter
@@ -154,14 +155,7 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized, masked and truncated
         **distributed.trainer_arguments(config, checkpointing),
     )
-    peft_config = LoraConfig(
-        r=hp.lora_r,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
-        bias="none",
-        task_type="CAUSAL_LM",
-        target_modules=hp.target_modules,
-    )
+    model, peft_config = attach_lora(model, config)  # a new adapter, or continued training's (training.lora)
     trainer = PackedSFTTrainer(
         model=model,
         args=args,
@@ -215,6 +209,9 @@ def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dic
             "versions": library_versions(),
             "speedups": sorted(trainer.speedups),
             "metrics": summary,
+            # Continued training: the model it started from (the worker's record: job, step, model name).
+            "parent": config.extra_metadata.get("parent")
+            or ({"adapter": config.init_adapter} if config.init_adapter else None),
         }
         (staging / "loraq.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     return final
@@ -229,7 +226,7 @@ def train(config: TrainingConfig) -> dict:
     callback = ProgressCallback(writer, config.stop_path, config.max_train_seconds)
     torch.manual_seed(config.seed)
     distributed.join_process_group(config)
-    config = with_dataset_hashes(config)
+    config = with_adapter_shape(with_dataset_hashes(config))
     with distributed.main_process_first():  # the built-in tiny model is generated once, by rank 0
         model_path = resolve_base_model(config)
     trainer = build_trainer(config, model_path, callback)

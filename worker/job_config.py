@@ -46,7 +46,14 @@ def build_training_config(job: Job, settings: Settings, paths: JobPaths, files: 
         nproc_per_node=resources.gpus,
         strategy=resources.strategy,
         speedups=settings.training_speedups,  # the operator's choice, not the job's
-        extra_metadata={"job_id": job.id, "model": job.model, "fine_tuned_model": job.fine_tuned_name},
+        # Continued training: the parent's adapter, which the supervisor fetches there (worker.parent_adapter).
+        init_adapter=str(paths.parent_adapter) if job.parent else None,
+        extra_metadata={
+            "job_id": job.id,
+            "model": job.model,
+            "fine_tuned_model": job.fine_tuned_name,
+            **({"parent": job.parent} if job.parent else {}),
+        },
     )
 
 

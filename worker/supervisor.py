@@ -55,6 +55,7 @@ from worker.celery_app import send_job
 from worker.child_process import ProgressTail, dead_rank, exit_reason, kill, request_stop, start_training
 from worker.errors import JobTaskError, ModelNotOffered, StorageFailure
 from worker.job_config import LocalFile, build_training_config, job_files
+from worker.parent_adapter import fetch_parent_adapter
 
 logger = logging.getLogger("loraq.worker")
 
@@ -106,6 +107,7 @@ class JobSupervisor:
             self.attempt = job.attempts
             self.deadline = self._deadline(job)
             stored = job_files(job, session)
+            parent = job.parent
             recorded = set(session.scalars(select(Checkpoint.step_number).where(Checkpoint.job_id == self.job_id)))
         logger.info("job %s: claimed by %s (attempt %s)", self.job_id, self.worker_id, self.attempt)
         outcome = Outcome.lost
@@ -114,10 +116,14 @@ class JobSupervisor:
             try:
                 with self._lease_kept():
                     files = {file_id: f.fetch(self.storage) for file_id, f in stored.items()}
+                    if parent:  # continued training starts from it; a resumed run, from its own checkpoint
+                        fetch_parent_adapter(self.storage, parent, self.paths)
                     resume_from, unreported = self._checkpoints_in_storage(recorded)
             except OSError as exc:
                 logger.exception("job %s: storage error", self.job_id)
-                return self._fail(StorageFailure(f"Reading the job's files or checkpoints from storage failed: {exc}"))
+                return self._fail(
+                    StorageFailure(f"Reading the job's files, parent adapter or checkpoints from storage failed: {exc}")
+                )
             config = self._start(files, resume_from)
             if config is None:
                 return Outcome.failed

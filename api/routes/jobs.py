@@ -16,6 +16,7 @@ from api.errors import APIError, not_found
 from api.event_stream import STREAM_RESPONSE, open_event_stream
 from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
 from api.pagination import page_after, unknown_cursor
+from api.parent_models import continued_hyperparameters, find_parent
 from api.schemas import (
     ID_PATTERN,
     CheckpointPublic,
@@ -28,6 +29,7 @@ from api.schemas import (
 )
 from loraq.base_models import find_model
 from loraq.job_spec import Hyperparameters, Resources, queue_for_gpus, step_split_error
+from loraq.serving import planned_adapter_config, vllm_warnings
 from loraq.storage import JobPaths, job_key, open_storage
 from models import Checkpoint, FileRecord, FileStatus, Job, JobEvent, JobStatus, job_state, new_id
 from worker.celery_app import send_validation
@@ -104,7 +106,8 @@ def create_job(
     idempotency_key: IdempotencyKey = None,
 ):  # fmt: skip
     """Create a LoRA SFT job. It starts in `validating_files` (its files are tokenized with the base model's
-    tokenizer by a validator) and is queued from there, or fails with the reason."""
+    tokenizer by a validator) and is queued from there, or fails with the reason. `model` may be a fine-tuned
+    model of yours or one of its checkpoints: the job continues training from that adapter."""
     record = None
     if idempotency_key:
         claimed = claim_key(session, principal.owner, "jobs", idempotency_key, fingerprint(body.model_dump()))
@@ -112,24 +115,32 @@ def create_job(
             return claimed
         record = claimed
     _check_active_jobs(session, principal, settings)
-    entry = find_model(settings, body.model)
+    hyperparameters = body.resolved_hyperparameters()
+    parent = find_parent(session, principal, body.model)
+    if parent is not None:  # continued training: the parent's base model, adapter and LoRA shape
+        hyperparameters = continued_hyperparameters(parent, hyperparameters, body.hyperparameters_param)
+    base_model = parent.base_model if parent else body.model
+    entry = find_model(settings, base_model)
     if entry is None:
         raise APIError(
             400,
-            f"Model '{body.model}' is not offered by this server; see GET /v1/models.",
+            f"Model '{base_model}' is not offered by this server"
+            + (f" (it is the base model of '{body.model}')" if parent else "")
+            + "; see GET /v1/models.",
             param="model",
             code="model_not_found",
         )
     _usable_file(session, principal, body.training_file, "training_file")
     if body.validation_file:
         _usable_file(session, principal, body.validation_file, "validation_file")
-    hyperparameters = body.resolved_hyperparameters()
     resources = body.resources or Resources()
     _check_resources(resources, hyperparameters, settings)
     job = Job(
         id=new_id("ftjob"),
         owner=principal.owner,
-        model=body.model,
+        model=base_model,
+        parent=parent.record if parent else None,
+        serving_warnings=vllm_warnings(planned_adapter_config(hyperparameters)),
         training_file=body.training_file,
         validation_file=body.validation_file,
         hyperparameters=hyperparameters.model_dump(mode="json"),

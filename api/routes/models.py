@@ -23,10 +23,14 @@ def _all_models(session, principal, settings) -> list[ModelPublic]:
     jobs = session.scalars(
         select(Job).where(Job.status == JobStatus.succeeded, visible_to(principal, Job)).order_by(Job.seq.desc())
     )
+    # A continued job's parent is the model it started from; root is always the base model.
     data += [
-        ModelPublic(id=j.fine_tuned_model, created=unix(j.finished_at), owned_by=j.owner, root=j.model, parent=j.model)
+        ModelPublic(
+            id=j.fine_tuned_model, created=unix(j.finished_at), owned_by=j.owner, root=j.model,
+            parent=j.parent["model"] if j.parent else j.model,
+        )
         for j in jobs
-    ]
+    ]  # fmt: skip
     return data
 
 

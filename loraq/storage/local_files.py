@@ -60,6 +60,10 @@ class JobPaths:
         return self.root / "adapter"
 
     @property
+    def parent_adapter(self) -> Path:  # continued training: the adapter the job starts from, fetched from storage
+        return self.root / "parent-adapter"
+
+    @property
     def adapter_archive(self) -> Path:  # the final adapter as one downloadable .tar.gz
         return self.root / "adapter.tar.gz"
 
