@@ -211,6 +211,11 @@ class JobPublic(BaseModel):
         description="While the job is in validating_files: how far its files have been read, refreshed every "
         "LORAQ_VALIDATION_PROGRESS_SECONDS (10) during a long validation; null otherwise",
     )
+    pause_requested: bool = Field(
+        False,
+        description="loraq's extension: a pause is pending; the job becomes `paused` once training has checkpointed "
+        "at its next step (running) or once its files are validated (validating_files)",
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobPublic:
@@ -238,6 +243,7 @@ class JobPublic(BaseModel):
             completed_steps=job.completed_steps,
             estimated_tokens=job.estimated_tokens,
             validation_progress=ValidationProgress(**job.validation_progress) if job.validation_progress else None,
+            pause_requested=bool(job.pause_requested),
         )
 
 
