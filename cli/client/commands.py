@@ -75,7 +75,10 @@ def _steps(job: dict[str, Any]) -> str:
 
 
 def jobs_list(connection: Connection, args: argparse.Namespace) -> int:
-    jobs = connection.get("fine_tuning/jobs", limit=args.limit)["data"]
+    filters = {f"metadata[{key}]": value for key, value in args.metadata}
+    if args.status:
+        filters["status"] = args.status
+    jobs = connection.get("fine_tuning/jobs", limit=args.limit, **filters)["data"]
     if args.json:
         print_json(jobs)
         return 0
@@ -107,6 +110,25 @@ def jobs_get(connection: Connection, args: argparse.Namespace) -> int:
 
 def jobs_cancel(connection: Connection, args: argparse.Namespace) -> int:
     job = connection.post(f"fine_tuning/jobs/{args.job_id}/cancel")
+    print_json(job) if args.json else out.print(f"{job['id']} {job['status']}")
+    return 0
+
+
+def jobs_pause(connection: Connection, args: argparse.Namespace) -> int:
+    job = connection.post(f"fine_tuning/jobs/{args.job_id}/pause")
+    if args.json:
+        print_json(job)
+    else:
+        pausing = job.get("pause_requested")
+        out.print(
+            f"{job['id']} {job['status']}"
+            + (" (pausing: once it has checkpointed, or its files are validated)" if pausing else "")
+        )
+    return 0
+
+
+def jobs_resume(connection: Connection, args: argparse.Namespace) -> int:
+    job = connection.post(f"fine_tuning/jobs/{args.job_id}/resume")
     print_json(job) if args.json else out.print(f"{job['id']} {job['status']}")
     return 0
 
@@ -175,6 +197,7 @@ def models_list(connection: Connection, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[Connection, argparse.Namespace], int]] = {
     "files_upload": files_upload, "files_list": files_list,
     "jobs_create": jobs_create, "jobs_list": jobs_list, "jobs_get": jobs_get, "jobs_cancel": jobs_cancel,
-    "jobs_watch": jobs_watch, "jobs_events": jobs_events, "jobs_download": jobs_download,
+    "jobs_pause": jobs_pause, "jobs_resume": jobs_resume, "jobs_watch": jobs_watch, "jobs_events": jobs_events,
+    "jobs_download": jobs_download,
     "models_list": models_list,
 }  # fmt: skip
