@@ -104,3 +104,13 @@ def test_paused_jobs_leave_room_under_the_active_job_limit_but_a_resume_must_fit
     resumed = app_client.post(f"/v1/fine_tuning/jobs/{waiting}/resume", headers=auth("alice"))
     assert resumed.status_code == 200 and resumed.json()["status"] == "queued"  # the other, paused, does not count
     assert sent == [(waiting, "loraq")]
+
+
+def test_a_paused_jobs_files_cannot_be_deleted(app_client, settings, sent):
+    row = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    uploaded = app_client.post(
+        "/v1/files", headers=auth("alice"), files={"file": ("f.jsonl", row.encode())}, data={"purpose": "fine-tune"}
+    ).json()
+    add_job(settings, "ftjob-paused-files", JobStatus.paused, training_file=uploaded["id"])
+    refused = app_client.delete(f"/v1/files/{uploaded['id']}", headers=auth("alice"))
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "file_in_use"  # a resume trains on it
