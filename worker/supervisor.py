@@ -3,11 +3,11 @@
 It claims a job (one atomic update), resumes it from its newest complete checkpoint, runs the training
 program as a child process and turns the child's progress records into events and checkpoint rows. While
 the child trains it renews the lease and asks the child to stop when the job is cancelled or claimed by
-another worker (`cancel`), when a pause is asked (`pause`: checkpoint, then `paused`, and this worker takes its
-next job), when this worker is shutting down (`handoff`: checkpoint, then back to the queue), or when the
-run-time limit passes (`deadline`: checkpoint, then fail; time spent paused is not counted). A child killed from outside
-is retried from its last checkpoint, up to `max_attempts`. The job is `succeeded` only once its adapter
-archive is in storage with its sha256 recorded.
+another worker (`cancel`), when a pause is asked (`pause`: checkpoint, then `paused`, and this worker takes
+its next job), when this worker is shutting down (`handoff`: checkpoint, then back to the queue), or when
+the run-time limit passes (`deadline`: checkpoint, then fail; time spent paused is not counted). A child
+killed from outside is retried from its last checkpoint, up to `max_attempts`. The job is `succeeded` only
+once its adapter archive is in storage with its sha256 recorded.
 
 The child trains in the job's workspace (loraq.storage: the storage folder itself, or local scratch when
 storage is S3). The supervisor publishes each complete checkpoint to storage before recording it, its

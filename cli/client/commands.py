@@ -70,6 +70,10 @@ def jobs_create(connection: Connection, args: argparse.Namespace) -> int:
     return watch(connection, job["id"]) if args.watch else 0
 
 
+def _status(job: dict[str, Any]) -> str:
+    return job["status"] + (" (pausing)" if job.get("pause_requested") else "")
+
+
 def _steps(job: dict[str, Any]) -> str:
     return f"{job.get('completed_steps') or 0}/{job.get('total_steps') or '?'}"
 
@@ -82,7 +86,7 @@ def jobs_list(connection: Connection, args: argparse.Namespace) -> int:
     if args.json:
         print_json(jobs)
         return 0
-    rows = [[j["id"], j["model"], j["status"], _steps(j), j["fine_tuned_model"], when(j["created_at"])] for j in jobs]
+    rows = [[j["id"], j["model"], _status(j), _steps(j), j["fine_tuned_model"], when(j["created_at"])] for j in jobs]
     out.print(table(["id", "model", "status", "steps", "fine-tuned model", "created"], rows))
     return 0
 
@@ -90,7 +94,7 @@ def jobs_list(connection: Connection, args: argparse.Namespace) -> int:
 def _show_job(job: dict[str, Any]) -> None:
     error = job.get("error") or {}
     rows = [
-        ["status", job["status"]], ["model", job["model"]], ["fine-tuned model", job["fine_tuned_model"]],
+        ["status", _status(job)], ["model", job["model"]], ["fine-tuned model", job["fine_tuned_model"]],
         ["training file", job["training_file"]], ["validation file", job["validation_file"]],
         ["steps", _steps(job)], ["trained tokens", job.get("trained_tokens")],
         ["estimated finish", when(job.get("estimated_finish"))], ["created", when(job["created_at"])],
