@@ -7,7 +7,8 @@ the database says the row changed: a trigger on `jobs` (migration 0003) sends a 
 or update, delivered at commit, and each API process LISTENs and evicts. While the listening connection
 is down nothing is cached. On SQLite (the embedded mode, one machine) the same Core query runs in a
 worker thread on the one engine, uncached. The SQL is compiled once from the SQLAlchemy table, so the
-schema still has a single definition.
+schema still has a single definition. A filtered list (`status`, `metadata[key]`: api/job_filters.py) is
+built per request for its dialect and runs in a worker thread on either database.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlalchemy.dialects import postgresql
 
 from api.deps import visible_to
 from api.errors import not_found
+from api.job_filters import JobFilters
 from api.pagination import page_after, unknown_cursor
 from api.schemas import JobPublic, JobsPublic
 from models import Job, JobStatus
@@ -163,9 +165,9 @@ class JobReader:
         self.cache.put(job_id, owner, body, generation)
         return body
 
-    async def jobs(self, principal: Principal, after: str | None, limit: int) -> bytes:
-        if self.pool is None:
-            return await run_in_threadpool(self._jobs_sync, principal, after, limit)
+    async def jobs(self, principal: Principal, after: str | None, limit: int, filters: JobFilters) -> bytes:
+        if self.pool is None or filters:
+            return await run_in_threadpool(self._jobs_sync, principal, after, limit, filters)
         if after is None:
             rows = await self._fetch(principal, "first_page", limit=limit + 1)
         else:
@@ -192,9 +194,11 @@ class JobReader:
             raise not_found("fine-tuning job", job_id)
         return JobPublic.of(cast(Job, row)).model_dump_json().encode()  # a Row reads like a Job
 
-    def _jobs_sync(self, principal: Principal, after: str | None, limit: int) -> bytes:
+    def _jobs_sync(self, principal: Principal, after: str | None, limit: int, filters: JobFilters) -> bytes:
         with get_engine(self.database_url).connect() as connection:
-            rows, has_more = page_after(connection, select(_JOBS).where(visible_to(principal, Job)), Job, after, limit)
+            visible = visible_to(principal, Job)
+            query = select(_JOBS).where(visible, *filters.clauses(connection.dialect.name))
+            rows, has_more = page_after(connection, query, Job, after, limit, cursor_where=visible)
         return JobsPublic(data=[JobPublic.of(cast(Job, j)) for j in rows], has_more=has_more).model_dump_json().encode()
 
 

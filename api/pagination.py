@@ -8,13 +8,17 @@ from sqlalchemy.orm import Session
 from api.errors import APIError
 
 
-def page_after(db: Session | Connection, query: Select, model, after: str | None, limit: int, descending=True):
+def page_after(
+    db: Session | Connection, query: Select, model, after: str | None, limit: int, descending=True, cursor_where=None
+):
     """Rows of `query` following the row with id `after`, ordered by insertion; returns (rows, has_more).
 
-    With a Session, an ORM query gives model objects; with a Connection, a Core query gives rows.
+    With a Session, an ORM query gives model objects; with a Connection, a Core query gives rows. The cursor
+    must be a row `cursor_where` allows (the caller's own), when given.
     """
     if after is not None:
-        cursor = db.execute(select(model.seq).where(model.id == after)).scalar()
+        where = [model.id == after] + ([cursor_where] if cursor_where is not None else [])
+        cursor = db.execute(select(model.seq).where(*where)).scalar()
         if cursor is None:
             raise unknown_cursor(after)
         query = query.where(model.seq < cursor if descending else model.seq > cursor)

@@ -245,6 +245,11 @@ class JobPublic(BaseModel):
         default_factory=list,
         description="loraq's extension: where the adapter will not load for serving as it is (e.g. vLLM and lora_r)",
     )
+    pause_requested: bool = Field(
+        False,
+        description="loraq's extension: a pause is pending; the job becomes `paused` once training has checkpointed "
+        "at its next step (running) or once its files are validated (validating_files)",
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobPublic:
@@ -274,6 +279,7 @@ class JobPublic(BaseModel):
             validation_progress=ValidationProgress(**job.validation_progress) if job.validation_progress else None,
             parent=JobParent(**job.parent) if job.parent else None,
             serving_warnings=[ServingWarning(**w) for w in job.serving_warnings or []],
+            pause_requested=bool(job.pause_requested),
         )
 
 

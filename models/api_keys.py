@@ -22,6 +22,13 @@ KEY_PREFIX = "lq-"
 class Principal:
     owner: str
     is_admin: bool = False
+    key_id: str | None = None  # the key's record id (`key-...`), never the key itself
+    key_name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Who acted, as events name them: the key's name and record id."""
+        return f"key '{self.key_name}' ({self.key_id})" if self.key_id else f"owner '{self.owner}'"
 
 
 def hash_key(key: str) -> str:
@@ -50,7 +57,7 @@ def authenticate(session: Session, presented: str) -> Principal | None:
     # The lookup is by an indexed hash of a high-entropy key; the final compare is constant-time anyway.
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None
-    return Principal(owner=row.owner, is_admin=row.is_admin)
+    return Principal(owner=row.owner, is_admin=row.is_admin, key_id=row.id, key_name=row.name)
 
 
 def list_keys(session: Session) -> list[ApiKey]:

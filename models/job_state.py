@@ -4,7 +4,10 @@
           │                ▲  │        │  ▲
           └──▶ failed      │  └────────┼──┘ claim (queued, or running under an expired lease)
                            └───────────┘ release (handoff, retry) / requeue (lost worker)
-    cancel: validating_files | queued | running ──▶ cancelled
+    cancel: validating_files | queued | running | paused ──▶ cancelled
+    pause:  queued ──▶ paused at once; validating_files | running: `pause_requested`, and ──▶ paused once the
+            files are validated, or once training has checkpointed (its worker hands it back; the reconciler
+            does it for a dead worker's job); resume: paused ──▶ queued, to continue from that checkpoint
 
 A job in `validating_files` is checked under a lease too (the same two columns, free until it is queued):
 a validator claims it when no live lease is on it, renews while it reads the files, and only the lease
@@ -27,6 +30,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from models.api_keys import Principal
 from models.base import new_id, utcnow
 from models.records import Checkpoint, Job, JobEvent, JobStatus
 from models.webhook_outbox import queue_job_event
@@ -98,12 +102,71 @@ def cancel_job(session: Session, job_id: str, was: JobStatus) -> bool:
     cancelled = _transition(
         session, job_id, Job.status == was,
         status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow(), estimated_finish=None,
-        validation_progress=None,
+        validation_progress=None, pause_requested=False, paused_at=None,
     )  # fmt: skip
     if cancelled:
         note = "; training stops at its next step" if was == JobStatus.running else ""
         add_event(session, job_id, f"Job cancelled{note}")
     return cancelled
+
+
+# ---------------------------------------------------------------------------------------------- pause and resume
+def _pause(session: Session, job_id: str, *conditions: ColumnElement[bool], **values: Any) -> bool:
+    """The one change into `paused` (a queued job paused, a validated or checkpointed one whose pause was
+    pending, a dead worker's pausing job): no lease, nothing pending, the pause's start recorded."""
+    return _transition(
+        session, job_id, *conditions,
+        status=JobStatus.paused, pause_requested=False, paused_at=utcnow(), lease_owner=None, lease_expires_at=None,
+        estimated_finish=None, tokens_per_second=None, validation_progress=None, **values,
+    )  # fmt: skip
+
+
+def pause_job(session: Session, job_id: str, was: JobStatus, by: Principal) -> bool:
+    """Pause a job still in `was`: a queued one at once; a validating or running one is asked to (it pauses
+    once its files are validated, or once training has checkpointed at its next step). False if it moved on
+    meanwhile, or a pause is already pending."""
+    actor = {"paused_by": by.label}
+    if was == JobStatus.queued:
+        paused = _pause(session, job_id, Job.status == JobStatus.queued)
+        if paused:
+            add_event(session, job_id, f"Job paused by {by.label}", data=actor)
+        return paused
+    if was not in (JobStatus.validating_files, JobStatus.running):
+        return False
+    asked = _transition(session, job_id, Job.status == was, Job.pause_requested.is_(False), pause_requested=True)
+    if asked:
+        then = "training checkpoints at its next step" if was == JobStatus.running else "its files are validated"
+        add_event(session, job_id, f"Pause requested by {by.label}: the job pauses once {then}", data=actor)
+    return asked
+
+
+def pause_running_job(session: Session, job_id: str, worker_id: str, message: str, **values: Any) -> bool:
+    """running → paused, once training stopped after a checkpoint because a pause was asked; only if the job is
+    still ours (a cancel wins)."""
+    paused = _pause(session, job_id, *_held_by(worker_id), Job.pause_requested.is_(True), **values)
+    if paused:
+        add_event(session, job_id, message)
+    return paused
+
+
+def resume_job(session: Session, job_id: str, by: Principal) -> bool:
+    """paused → queued (the caller sends it after commit); it continues from its newest complete checkpoint.
+    The time it spent paused is left out of its run-time limit. False if it is no longer paused."""
+    job = get_job(session, job_id)
+    now = utcnow()
+    paused_for = int((now - job.paused_at).total_seconds()) if job.paused_at else 0
+    resumed = _transition(
+        session, job_id, Job.status == JobStatus.paused,
+        status=JobStatus.queued, enqueued_at=now, paused_at=None, paused_seconds=Job.paused_seconds + paused_for,
+    )  # fmt: skip
+    if resumed:
+        step = session.scalar(select(func.max(Checkpoint.step_number)).where(Checkpoint.job_id == job_id))
+        where = f"from its checkpoint at step {step}" if step else "from the start (it had no checkpoint)"
+        add_event(
+            session, job_id, f"Job resumed by {by.label}: queued to continue {where}",
+            data={"resumed_by": by.label, "paused_seconds": paused_for},
+        )  # fmt: skip
+    return resumed
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -150,14 +213,19 @@ def record_validation_progress(
 
 def finish_validation(
     session: Session, job_id: str, validator_id: str, *, total_steps: int, estimated_tokens: int
-) -> bool:
-    """validating_files → queued, with the validation stage's estimate; False if cancelled meanwhile or no
-    longer ours."""
-    return _transition(
-        session, job_id, *_validated_by(validator_id),
-        status=JobStatus.queued, enqueued_at=utcnow(), total_steps=total_steps, estimated_tokens=estimated_tokens,
-        **_LEASE_ENDS,
-    )  # fmt: skip
+) -> JobStatus | None:
+    """validating_files → queued with the validation stage's estimate, or → paused if a pause was asked
+    meanwhile (the caller writes its event); None if cancelled meanwhile or no longer ours."""
+    estimate = {"total_steps": total_steps, "estimated_tokens": estimated_tokens}
+    ours = _validated_by(validator_id)
+    if _transition(
+        session, job_id, *ours, Job.pause_requested.is_(False),
+        status=JobStatus.queued, enqueued_at=utcnow(), **estimate, **_LEASE_ENDS,
+    ):  # fmt: skip
+        return JobStatus.queued
+    if _pause(session, job_id, *ours, **estimate):
+        return JobStatus.paused
+    return None
 
 
 def fail_validation(
@@ -166,7 +234,8 @@ def fail_validation(
     """validating_files → failed, naming what is wrong; False if cancelled meanwhile or no longer ours."""
     failed = _transition(
         session, job_id, *_validated_by(validator_id),
-        status=JobStatus.failed, finished_at=utcnow(), error=_error(code, message, param), **_LEASE_ENDS,
+        status=JobStatus.failed, finished_at=utcnow(), error=_error(code, message, param), pause_requested=False,
+        **_LEASE_ENDS,
     )  # fmt: skip
     if failed:
         add_event(session, job_id, f"Validation failed: {message}", level="error")
@@ -188,11 +257,12 @@ def _held_by(worker_id: str) -> tuple[ColumnElement[bool], ...]:
 
 
 def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: int) -> Job | None:
-    """Take the job: queued, or running under an expired lease. None if taken, finished or cancelled."""
+    """Take the job: queued, or running under an expired lease (unless it was pausing: the reconciler pauses
+    it). None if taken, finished, cancelled or paused (a paused job's message is dropped here)."""
     now = utcnow()
     claimed = _transition(
         session, job_id,
-        Job.cancel_requested.is_(False),
+        Job.cancel_requested.is_(False), Job.pause_requested.is_(False),
         or_(Job.status == JobStatus.queued, and_(Job.status == JobStatus.running, Job.lease_expires_at < now)),
         status=JobStatus.running, lease_owner=worker_id, lease_expires_at=now + timedelta(seconds=lease_seconds),
         attempts=Job.attempts + 1, started_at=now, first_started_at=func.coalesce(Job.first_started_at, now),
@@ -200,10 +270,16 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: int)
     return get_job(session, job_id) if claimed else None
 
 
+def held_job(session: Session, job_id: str, worker_id: str) -> Job | None:
+    """The job if it is still ours to run (running under our lease, not cancelled; a pause may be pending)."""
+    job = get_job(session, job_id)
+    held = not job.cancel_requested and job.status == JobStatus.running and job.lease_owner == worker_id
+    return job if held else None
+
+
 def is_held_by(session: Session, job_id: str, worker_id: str) -> bool:
     """Whether the job is still ours to run: running under our lease and not cancelled."""
-    job = get_job(session, job_id)
-    return not job.cancel_requested and job.status == JobStatus.running and job.lease_owner == worker_id
+    return held_job(session, job_id, worker_id) is not None
 
 
 def renew_lease(session: Session, job_id: str, worker_id: str, lease_seconds: int) -> bool:
@@ -218,7 +294,7 @@ def finish_job(session: Session, job_id: str, worker_id: str, status: JobStatus,
     return _transition(
         session, job_id, *_held_by(worker_id),
         status=status, finished_at=utcnow(), lease_expires_at=None, estimated_finish=None, tokens_per_second=None,
-        **values,
+        pause_requested=False, **values,
     )  # fmt: skip
 
 
@@ -231,9 +307,10 @@ def fail_job(session: Session, job_id: str, worker_id: str, code: str, message: 
 
 
 def release_job(session: Session, job_id: str, worker_id: str, message: str) -> Job | None:
-    """Give a running job of ours back to the queue (a handoff or a retry); None if it is not ours."""
+    """Give a running job of ours back to the queue (a handoff or a retry); None if it is not ours, or a pause
+    is pending (pause_running_job then)."""
     released = _transition(
-        session, job_id, *_held_by(worker_id),
+        session, job_id, *_held_by(worker_id), Job.pause_requested.is_(False),
         status=JobStatus.queued, lease_owner=None, lease_expires_at=None, enqueued_at=utcnow(), tokens_per_second=None,
     )  # fmt: skip
     if not released:
@@ -247,9 +324,18 @@ def recover_lost_job(
     session: Session, job_id: str, attempts: int, owner: str | None, max_attempts: int
 ) -> JobStatus | None:
     """A running job whose lease expired (its worker died): back to `queued`, or `failed` once it has used up
-    its attempts. None if someone else repaired it or the worker renewed in time."""
+    its attempts, or `paused` if it was pausing (at its newest complete checkpoint). None if someone else
+    repaired it or the worker renewed in time."""
     now = utcnow()
     expired = (Job.status == JobStatus.running, Job.lease_expires_at < now)
+    if _pause(session, job_id, *expired, Job.pause_requested.is_(True)):
+        add_event(
+            session, job_id,
+            f"Worker {owner} stopped renewing its lease while the job was pausing; paused at its newest complete "
+            "checkpoint",
+            level="warn",
+        )  # fmt: skip
+        return JobStatus.paused
     if attempts >= max_attempts:
         message = (
             f"The job's worker stopped responding {attempts} time(s) (last: {owner}); "

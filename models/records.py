@@ -7,7 +7,19 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base, UTCDateTime, utcnow
@@ -25,6 +37,7 @@ class JobStatus(enum.StrEnum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
+    paused = "paused"  # held (checkpointed, if it had started) until resumed; not finished
 
     @property
     def finished(self) -> bool:
@@ -110,6 +123,12 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     estimated_finish: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # A pause asked of a job in `validating_files` or `running`: it becomes `paused` once its files are validated,
+    # or once training has checkpointed at its next step (models.job_state); cleared when it leaves that status.
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # while `paused`: since when
+    # Seconds spent paused so far, which the run-time limit (max_runtime_seconds) leaves out.
+    paused_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The claim: which worker runs the job, or which validator checks its files, and until when, unless it renews.
     lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -52,3 +52,15 @@ def greedy_answers(model, tokenizer, questions) -> list[str]:
             output = model.generate(**inputs, max_new_tokens=48, do_sample=False)
             answers.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
     return answers
+
+
+def assert_same_adapter(a: Path, b: Path) -> None:
+    """Two adapter folders hold the same LoRA tensors (to float noise): a resumed run learned what an
+    uninterrupted one did."""
+    import torch
+    from safetensors.torch import load_file
+
+    first, second = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    assert first.keys() == second.keys()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=1e-4, atol=1e-5)

@@ -4,13 +4,15 @@ It runs as a thread inside every worker process (so no extra service can be forg
 repair is a conditional update, so any number of reconcilers can run at once:
 
 - a `running` job whose lease expired (its worker died) goes back to `queued` and is sent again, or
-  fails once it has used up its attempts;
+  fails once it has used up its attempts, or is `paused` if a pause was pending (never sent);
 - a `queued` job that has waited longer than `requeue_after_seconds` and whose message is not in the
   broker's queue (the broker was down at submit time, or Redis restarted without its data) is sent again;
   so is a job in `validating_files` whose validation message is lost. A job a validator is checking is
   never sent again while the validator's lease lives (its message was consumed because it is being
   checked); a validator that dies mid-file stops renewing, and once its lease has expired the job is sent
   again and validated from the start by another.
+
+A `paused` job is never sent or re-queued: only a resume puts it back in the queue.
 """
 
 from __future__ import annotations

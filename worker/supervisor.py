@@ -3,10 +3,11 @@
 It claims a job (one atomic update), resumes it from its newest complete checkpoint, runs the training
 program as a child process and turns the child's progress records into events and checkpoint rows. While
 the child trains it renews the lease and asks the child to stop when the job is cancelled or claimed by
-another worker (`cancel`), when this worker is shutting down (`handoff`: checkpoint, then back to the
-queue), or when the run-time limit passes (`deadline`: checkpoint, then fail). A child killed from outside
-is retried from its last checkpoint, up to `max_attempts`. The job is `succeeded` only once its adapter
-archive is in storage with its sha256 recorded.
+another worker (`cancel`), when a pause is asked (`pause`: checkpoint, then `paused`, and this worker takes
+its next job), when this worker is shutting down (`handoff`: checkpoint, then back to the queue), or when
+the run-time limit passes (`deadline`: checkpoint, then fail; time spent paused is not counted). A child
+killed from outside is retried from its last checkpoint, up to `max_attempts`. The job is `succeeded` only
+once its adapter archive is in storage with its sha256 recorded.
 
 The child trains in the job's workspace (loraq.storage: the storage folder itself, or local scratch when
 storage is S3). The supervisor publishes each complete checkpoint to storage before recording it, its
@@ -41,7 +42,8 @@ from models.job_state import (
     fail_job,
     finish_job,
     get_job,
-    is_held_by,
+    held_job,
+    pause_running_job,
     record_checkpoint,
     record_metrics,
     release_job,
@@ -76,6 +78,7 @@ class Outcome(enum.StrEnum):
     failed = "failed"
     cancelled = "cancelled"
     requeued = "requeued"  # handed back to the queue with its checkpoints (shutdown, or a retry)
+    paused = "paused"  # checkpointed and paused, as asked; it waits for a resume, not in the queue
     lost = "lost"  # the lease passed to another worker meanwhile; nothing of ours to record
 
 
@@ -96,6 +99,7 @@ class JobSupervisor:
         self.attempt = 0
         self.final: dict[str, Any] = {}  # the child's last record: completed, stopped or failed
         self.processes = 1  # training processes (ranks under torchrun when more than one)
+        self.pause_requested = False  # seen on the job's row by the last lease check
 
     # ------------------------------------------------------------------ entry point
     def run(self) -> Outcome:
@@ -181,7 +185,7 @@ class JobSupervisor:
         if not limits or job.first_started_at is None:
             return None
         self.time_limit = min(limits)
-        return job.first_started_at + timedelta(seconds=self.time_limit)
+        return job.first_started_at + timedelta(seconds=self.time_limit + (job.paused_seconds or 0))
 
     # ------------------------------------------------------------------ checkpoints in storage
     def _checkpoints_in_storage(self, recorded: set[int]) -> tuple[str | None, list[tuple[int, Path]]]:
@@ -265,6 +269,8 @@ class JobSupervisor:
     def _stop_reason(self, renew_due: bool) -> str | None:
         if not self._still_ours(renew=renew_due):
             return "cancel"
+        if self.pause_requested:
+            return "pause"
         if SHUTTING_DOWN.is_set():
             return "handoff"
         if self.deadline is not None and utcnow() >= self.deadline:
@@ -293,10 +299,13 @@ class JobSupervisor:
             thread.join()
 
     def _still_ours(self, renew: bool) -> bool:
-        """False once the job is cancelled or claimed by someone else; renews the lease when asked."""
+        """False once the job is cancelled or claimed by someone else; renews the lease when asked, and notes
+        whether a pause is pending."""
         with session_scope(self.db) as session:
-            if not is_held_by(session, self.job_id, self.worker_id):
+            job = held_job(session, self.job_id, self.worker_id)
+            if job is None:
                 return False
+            self.pause_requested = job.pause_requested
             if renew:
                 return renew_lease(session, self.job_id, self.worker_id, self.settings.lease_seconds)
         return True
@@ -355,10 +364,12 @@ class JobSupervisor:
         if final.get("type") == "completed" and returncode == 0:
             return self._succeed(final)
         if final.get("type") == "stopped":
-            reason = final.get("reason")
+            reason, step = final.get("reason"), final.get("steps")
+            if reason == "pause":
+                return self._hand_back(f"Training stopped at step {step} after a checkpoint; re-queued", step)
             if reason == "handoff":
                 return self._hand_back(
-                    f"Worker {self.worker_id} is shutting down: checkpointed at step {final.get('steps')} and re-queued"
+                    f"Worker {self.worker_id} is shutting down: checkpointed at step {step} and re-queued", step
                 )
             if reason == "deadline":
                 return self._fail(
@@ -406,9 +417,15 @@ class JobSupervisor:
             )
         )
 
-    def _hand_back(self, message: str) -> Outcome:
-        """Release the job to the queue (keeping its checkpoints) and send it again."""
+    def _hand_back(self, message: str, checkpointed_at: int | None = None) -> Outcome:
+        """Release the job, keeping its checkpoints: to `paused` if a pause was asked of it, else to the queue,
+        and send it again."""
+        where = f"at step {checkpointed_at} (checkpointed)" if checkpointed_at else "at its newest complete checkpoint"
+        paused = f"Job paused {where}; worker {self.worker_id} is free for other jobs"
+        progress = {"completed_steps": checkpointed_at} if checkpointed_at else {}
         with session_scope(self.db) as session:
+            if pause_running_job(session, self.job_id, self.worker_id, paused, **progress):
+                return Outcome.paused
             job = release_job(session, self.job_id, self.worker_id, message)
             if job is None:
                 return Outcome.lost

@@ -5,8 +5,9 @@ Run by `loraq validator` (a light Celery worker on the validation queue: tokeniz
 tree only, no GPU, so a validation never waits behind a training run). The validator claims the job under
 a lease (worker.validation_lease: renewed by a heartbeat thread, which also reports progress through a
 large file), so a job is never checked by two validators at once and a validator that dies mid-file is
-replaced once its lease expires. The job goes on to `queued` with its estimated steps and tokens, or to
-`failed` with a reason naming the file and the lines; each file's token report is kept on the file record
+replaced once its lease expires. The job goes on to `queued` with its estimated steps and tokens (`paused`
+instead if a pause was asked meanwhile: validation finishes first), or to `failed` with a reason naming the
+file and the lines; each file's token report is kept on the file record
 (GET /v1/files/{id}). The same pass writes the rows training will train on, tokenized, to the file's folder
 in storage (training.tokenized; with S3, a copy stays cached on each machine), which the training program
 memory-maps; a later job on the same file, model and settings finds them there and is not tokenized
@@ -31,7 +32,7 @@ from loraq.base_models import find_model
 from loraq.job_spec import Hyperparameters
 from loraq.settings import BaseModelEntry, Settings, get_settings
 from loraq.storage import Storage, open_storage, tokenized_prefix
-from models import FileRecord, Job
+from models import FileRecord, Job, JobStatus
 from models.job_state import (
     add_event,
     claim_validation,
@@ -103,7 +104,8 @@ def validator_identity(node: str | None = None) -> str:
 
 
 def validate_job(job_id: str, settings: Settings, node: str | None = None) -> str:
-    """Check the job's files and settings and move it to `queued` or `failed`; returns the outcome."""
+    """Check the job's files and settings and move it to `queued` (or `paused`) or `failed`; returns the
+    outcome."""
     if STOPPING.is_set():  # reached a validator that is shutting down: pass it on untouched
         send_validation(job_id, settings.validation_queue)
         return "passed on"
@@ -131,11 +133,11 @@ def validate_job(job_id: str, settings: Settings, node: str | None = None) -> st
         logger.exception("validation of %s crashed", job_id)
         return _fail(url, job_id, validator, ValidationFailure(f"{type(exc).__name__}: {exc}"[:2000]))
     with session_scope(url) as session:
-        queued = finish_validation(
+        status = finish_validation(
             session, job_id, validator,
             total_steps=estimate["estimated_steps"], estimated_tokens=estimate["estimated_tokens"],
         )  # fmt: skip
-        if not queued:
+        if status is None:
             return "skipped"
         for role, report in reports.items():
             if role in reused:
@@ -161,6 +163,9 @@ def validate_job(job_id: str, settings: Settings, node: str | None = None) -> st
             f"tokens to train on ({plural(estimate['examples_per_step'], 'example')} per step, {length})",
             data=estimate,
         )  # fmt: skip
+        if status == JobStatus.paused:
+            add_event(session, job_id, "Job paused, as requested while its files were validated: resume it to queue it")
+            return "paused"
         add_event(session, job_id, "Job queued")
     send_job(job_id, queue)
     return "queued"

@@ -143,8 +143,8 @@ def retrieve_file(record: FileDep):
 
 @router.delete("/{file_id}", response_model=FileDeleted)
 def delete_file(record: FileDep, session: SessionDep, settings: SettingsDep):
-    """Delete a file; refused while a queued or running job still needs it."""
-    active = (JobStatus.validating_files, JobStatus.queued, JobStatus.running)
+    """Delete a file; refused while a job that has not finished (a paused one too) still needs it."""
+    active = (JobStatus.validating_files, JobStatus.queued, JobStatus.running, JobStatus.paused)
     busy = session.scalars(
         select(Job.id).where(
             Job.status.in_(active), (Job.training_file == record.id) | (Job.validation_file == record.id)

@@ -1,4 +1,5 @@
-"""/v1/fine_tuning/jobs: create, list, retrieve, cancel; events, checkpoints and the adapter download."""
+"""/v1/fine_tuning/jobs: create, list (with filters), retrieve, cancel, pause, resume; events, checkpoints and the
+adapter download."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from api.downloads import serve_object
 from api.errors import APIError, not_found
 from api.event_stream import STREAM_RESPONSE, open_event_stream
 from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
+from api.job_filters import parse_job_filters
 from api.pagination import page_after, unknown_cursor
 from api.parent_models import continued_hyperparameters, find_parent
 from api.schemas import (
@@ -32,7 +34,7 @@ from loraq.job_spec import Hyperparameters, Resources, queue_for_gpus, step_spli
 from loraq.serving import planned_adapter_config, vllm_warnings
 from loraq.storage import JobPaths, job_key, open_storage
 from models import Checkpoint, FileRecord, FileStatus, Job, JobEvent, JobStatus, job_state, new_id
-from worker.celery_app import send_validation
+from worker.celery_app import send_job, send_validation
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 logger = logging.getLogger("loraq.api")
@@ -64,20 +66,18 @@ def _usable_file(session, principal, file_id: str, param: str) -> FileRecord:
     return record
 
 
-def _check_active_jobs(session, principal, settings) -> None:
+def _check_active_jobs(session, owner: str, settings) -> None:
+    """Room for one more active job of `owner` (paused jobs do not count), else the 429 a create gets."""
     active = session.scalar(
         select(func.count())
         .select_from(Job)
-        .where(
-            Job.owner == principal.owner,
-            Job.status.in_((JobStatus.validating_files, JobStatus.queued, JobStatus.running)),
-        )
+        .where(Job.owner == owner, Job.status.in_((JobStatus.validating_files, JobStatus.queued, JobStatus.running)))
     )
     if active >= settings.max_active_jobs_per_owner:
         raise APIError(
             429,
             f"You have {active} queued or running jobs, the most allowed "
-            f"({settings.max_active_jobs_per_owner}); wait for some to finish or cancel them.",
+            f"({settings.max_active_jobs_per_owner}); wait for some to finish, or pause or cancel them.",
             code="too_many_active_jobs",
             headers={"Retry-After": "60"},
         )
@@ -114,7 +114,7 @@ def create_job(
         if isinstance(claimed, JSONResponse):
             return claimed
         record = claimed
-    _check_active_jobs(session, principal, settings)
+    _check_active_jobs(session, principal.owner, settings)
     hyperparameters = body.resolved_hyperparameters()
     parent = find_parent(session, principal, body.model)
     if parent is not None:  # continued training: the parent's base model, adapter and LoRA shape
@@ -158,10 +158,19 @@ def create_job(
     return public
 
 
+StatusFilter = Annotated[
+    str | None, Query(description="Only jobs in this status (several separated by commas, e.g. queued,running)")
+]
+
+
 @router.get("", response_model=JobsPublic)
-async def list_jobs(request: Request, principal: CurrentOwner, after: Cursor = None, limit: Limit = 20):
-    """Your jobs, newest first."""
-    body = await request.app.state.job_reader.jobs(principal, after, limit)
+async def list_jobs(
+    request: Request, principal: CurrentOwner, after: Cursor = None, limit: Limit = 20, status: StatusFilter = None
+):
+    """Your jobs, newest first. Filters: `status`, and `metadata[key]=value` (several must all match; what the
+    openai SDK's `list(metadata={...})` sends) or `metadata=null` (jobs created without metadata)."""
+    filters = parse_job_filters(request.query_params)
+    body = await request.app.state.job_reader.jobs(principal, after, limit, filters)
     return Response(body, media_type="application/json")
 
 
@@ -178,19 +187,61 @@ def cancel_job(job: JobDep, session: SessionDep):
     if job.status == JobStatus.cancelled:
         return JobPublic.of(job)
     if job.status.finished:
-        # 400, not 409: the OpenAI SDK retries 409s.
-        raise APIError(
-            400,
-            f"Job '{job.id}' has already finished with status '{job.status.value}'.",
-            param="job_id",
-            code="job_finished",
-        )
+        raise _job_finished(job, "cancelled")
     if not job_state.cancel_job(session, job.id, was=job.status):
         # It moved on meanwhile (started or finished): decide again from where it is now.
         session.refresh(job)
         return cancel_job(job, session)
     session.flush()
     session.refresh(job)
+    return JobPublic.of(job)
+
+
+def _job_finished(job: Job, action: str) -> APIError:
+    # 400, not 409: the OpenAI SDK retries 409s.
+    return APIError(
+        400,
+        f"Job '{job.id}' has already finished with status '{job.status.value}'; it cannot be {action}.",
+        param="job_id",
+        code="job_finished",
+    )
+
+
+@router.post("/{job_id}/pause", response_model=JobPublic)
+def pause_job(job: JobDep, session: SessionDep, principal: CurrentOwner):
+    """Pause a job: a queued one at once; a running one checkpoints at its next step, frees its worker, then
+    becomes `paused`; one whose files are being validated pauses once they are (`pause_requested` meanwhile)."""
+    if job.status == JobStatus.paused or job.pause_requested:
+        return JobPublic.of(job)
+    if job.status.finished:
+        raise _job_finished(job, "paused")
+    if not job_state.pause_job(session, job.id, was=job.status, by=principal):
+        # It moved on meanwhile (queued, started or finished): decide again from where it is now.
+        session.refresh(job)
+        return pause_job(job, session, principal)
+    session.flush()
+    session.refresh(job)
+    return JobPublic.of(job)
+
+
+@router.post("/{job_id}/resume", response_model=JobPublic)
+def resume_job(job: JobDep, session: SessionDep, principal: CurrentOwner, settings: SettingsDep):
+    """Put a paused job back in the queue; it continues from its newest checkpoint, as if never paused."""
+    if job.status != JobStatus.paused:
+        pausing = " (a pause is pending: it pauses first, then it can be resumed)" if job.pause_requested else ""
+        raise APIError(
+            400,
+            f"Job '{job.id}' is not paused: its status is '{job.status.value}'{pausing}.",
+            param="job_id",
+            code="job_not_paused",
+        )
+    _check_active_jobs(session, job.owner, settings)
+    if not job_state.resume_job(session, job.id, by=principal):
+        session.refresh(job)  # cancelled or resumed meanwhile
+        return resume_job(job, session, principal, settings)
+    session.flush()
+    session.refresh(job)
+    after_commit(session, lambda: send_job(job.id, job.queue))
     return JobPublic.of(job)
 
 

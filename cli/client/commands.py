@@ -70,16 +70,23 @@ def jobs_create(connection: Connection, args: argparse.Namespace) -> int:
     return watch(connection, job["id"]) if args.watch else 0
 
 
+def _status(job: dict[str, Any]) -> str:
+    return job["status"] + (" (pausing)" if job.get("pause_requested") else "")
+
+
 def _steps(job: dict[str, Any]) -> str:
     return f"{job.get('completed_steps') or 0}/{job.get('total_steps') or '?'}"
 
 
 def jobs_list(connection: Connection, args: argparse.Namespace) -> int:
-    jobs = connection.get("fine_tuning/jobs", limit=args.limit)["data"]
+    filters = {f"metadata[{key}]": value for key, value in args.metadata}
+    if args.status:
+        filters["status"] = args.status
+    jobs = connection.get("fine_tuning/jobs", limit=args.limit, **filters)["data"]
     if args.json:
         print_json(jobs)
         return 0
-    rows = [[j["id"], j["model"], j["status"], _steps(j), j["fine_tuned_model"], when(j["created_at"])] for j in jobs]
+    rows = [[j["id"], j["model"], _status(j), _steps(j), j["fine_tuned_model"], when(j["created_at"])] for j in jobs]
     out.print(table(["id", "model", "status", "steps", "fine-tuned model", "created"], rows))
     return 0
 
@@ -87,7 +94,7 @@ def jobs_list(connection: Connection, args: argparse.Namespace) -> int:
 def _show_job(job: dict[str, Any]) -> None:
     error = job.get("error") or {}
     rows = [
-        ["status", job["status"]], ["model", job["model"]], ["fine-tuned model", job["fine_tuned_model"]],
+        ["status", _status(job)], ["model", job["model"]], ["fine-tuned model", job["fine_tuned_model"]],
         ["training file", job["training_file"]], ["validation file", job["validation_file"]],
         ["steps", _steps(job)], ["trained tokens", job.get("trained_tokens")],
         ["estimated finish", when(job.get("estimated_finish"))], ["created", when(job["created_at"])],
@@ -107,6 +114,25 @@ def jobs_get(connection: Connection, args: argparse.Namespace) -> int:
 
 def jobs_cancel(connection: Connection, args: argparse.Namespace) -> int:
     job = connection.post(f"fine_tuning/jobs/{args.job_id}/cancel")
+    print_json(job) if args.json else out.print(f"{job['id']} {job['status']}")
+    return 0
+
+
+def jobs_pause(connection: Connection, args: argparse.Namespace) -> int:
+    job = connection.post(f"fine_tuning/jobs/{args.job_id}/pause")
+    if args.json:
+        print_json(job)
+    else:
+        pausing = job.get("pause_requested")
+        out.print(
+            f"{job['id']} {job['status']}"
+            + (" (pausing: once it has checkpointed, or its files are validated)" if pausing else "")
+        )
+    return 0
+
+
+def jobs_resume(connection: Connection, args: argparse.Namespace) -> int:
+    job = connection.post(f"fine_tuning/jobs/{args.job_id}/resume")
     print_json(job) if args.json else out.print(f"{job['id']} {job['status']}")
     return 0
 
@@ -175,6 +201,7 @@ def models_list(connection: Connection, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[Connection, argparse.Namespace], int]] = {
     "files_upload": files_upload, "files_list": files_list,
     "jobs_create": jobs_create, "jobs_list": jobs_list, "jobs_get": jobs_get, "jobs_cancel": jobs_cancel,
-    "jobs_watch": jobs_watch, "jobs_events": jobs_events, "jobs_download": jobs_download,
+    "jobs_pause": jobs_pause, "jobs_resume": jobs_resume, "jobs_watch": jobs_watch, "jobs_events": jobs_events,
+    "jobs_download": jobs_download,
     "models_list": models_list,
 }  # fmt: skip

@@ -32,6 +32,14 @@ def hyperparameter(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def metadata_pair(text: str) -> tuple[str, str]:
+    """`key=value`, both taken as strings (metadata values are strings)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, value
+
+
 def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     target = argparse.ArgumentParser(add_help=False)
     target.add_argument(
@@ -72,14 +80,24 @@ def add_client_commands(commands: argparse._SubParsersAction, model_commands: ar
     create.set_defaults(func=_run("jobs_create"))
     listing = job_commands.add_parser("list", parents=[read], help="Your jobs, newest first")
     listing.add_argument("--limit", type=int, default=20, help="How many")
+    listing.add_argument("--status", default=None, help="Only jobs in this status (several: queued,running)")
+    listing.add_argument("--metadata", action="append", type=metadata_pair, default=[], metavar="KEY=VALUE",
+                         help="Only jobs whose metadata has KEY=VALUE (repeatable: all must match)")  # fmt: skip
     listing.set_defaults(func=_run("jobs_list"))
-    for name, text in (("get", "One job"), ("cancel", "Cancel a job (a running one stops at its next step)")):
+    for name, text in (
+        ("get", "One job"),
+        ("cancel", "Cancel a job (a running one stops at its next step)"),
+        ("pause", "Pause a job (a running one checkpoints at its next step and frees its GPU)"),
+        ("resume", "Resume a paused job: back to the queue, to continue from its checkpoint"),
+    ):
         command = job_commands.add_parser(name, parents=[read], help=text)
         command.add_argument("job_id", help="Job id (ftjob-...)")
         command.set_defaults(func=_run(f"jobs_{name}"))
     watch = job_commands.add_parser(
-        "watch", parents=[target], help="Watch a job live until it ends: exit 0 if it succeeded, 1 if not"
-    )
+        "watch", parents=[target],
+        help="Watch a job live until it ends or pauses: exit 0 if it succeeded, 1 if it failed or was cancelled, "
+        "3 if it is paused",
+    )  # fmt: skip
     watch.add_argument("job_id", help="Job id (ftjob-...)")
     watch.set_defaults(func=_run("jobs_watch"))
     events = job_commands.add_parser("events", parents=[read], help="A job's events, oldest first")

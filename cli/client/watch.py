@@ -1,4 +1,5 @@
-"""`loraq jobs watch`: a job's status, steps (with ETA), losses, learning rate and speed, live, until it ends.
+"""`loraq jobs watch`: a job's status, steps (with ETA), losses, learning rate and speed, live, until it ends
+or is paused (exit status 0 succeeded, 1 failed or cancelled, 3 paused: EXIT_PAUSED).
 
 The figures come from the job's metrics events (worker/supervisor.py records the training program's
 progress records, training/progress.py: `step`, `total_steps`, `train_loss`, `learning_rate`, `epoch`,
@@ -27,7 +28,8 @@ from cli.client.output import err, interactive, out, when
 
 FINISHED = ("succeeded", "failed", "cancelled")
 JOB_REFRESH_SECONDS = 2.0
-STATUS_STYLES = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan"}
+STATUS_STYLES = {"succeeded": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "paused": "magenta"}
+EXIT_PAUSED = 3  # not finished, and not a failure: a script can tell it apart from both
 
 
 @dataclass
@@ -106,9 +108,11 @@ def _read_events(connection: Connection, job_id: str, updates: queue.Queue) -> N
 
 
 def watch(connection: Connection, job_id: str) -> int:
-    """Follow the job until it ends; 0 if it succeeded, 1 if it failed or was cancelled."""
+    """Follow the job until it ends or pauses; 0 if it succeeded, 1 if it failed or was cancelled, 3 if paused."""
     view = JobView(connection.get(f"fine_tuning/jobs/{job_id}"))
     view.apply_job(view.job)
+    if view.job["status"] == "paused":
+        return report_outcome(view.job)
     updates: queue.Queue = queue.Queue()
     threading.Thread(target=_read_events, args=(connection.clone(), job_id, updates), daemon=True).start()
     progress = Progress(TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA {task.fields[eta]}"))
@@ -140,14 +144,20 @@ def watch(connection: Connection, job_id: str) -> int:
                     # unreachable for now: the event stream reconnects by itself; the status catches up later
             if live:
                 live.update(render(view, progress, task))
+            if view.job["status"] == "paused":  # the stream stays open for a paused job: it is not finished
+                break
     return report_outcome(view.job)
 
 
 def report_outcome(job: dict[str, Any], quiet: bool = False) -> int:
-    """0 if the job succeeded, else 1; said on stdout (success) or stderr, unless `quiet`."""
+    """0 if the job succeeded, 3 if it is paused, else 1; said on stdout (success) or stderr, unless `quiet`."""
     status = job["status"]
     if quiet:
-        return 0 if status == "succeeded" else 1
+        return 0 if status == "succeeded" else EXIT_PAUSED if status == "paused" else 1
+    if status == "paused":
+        err.print(f"{job['id']} paused at step {job.get('completed_steps') or 0}: `loraq jobs resume {job['id']}` "
+                  "continues it", soft_wrap=True)  # fmt: skip
+        return EXIT_PAUSED
     if status == "succeeded":
         out.print(f"{job['id']} succeeded: {job['fine_tuned_model']} ({job.get('trained_tokens') or 0:,} tokens)")
         return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,30 @@ def test_watch_exits_1_with_the_error_of_a_failed_job(service, tmp_path):
     job_id = result.stdout.splitlines()[0]
     message = one_line_error(result)
     assert message.startswith(f"error: {job_id} failed: ") and "no_such_proj" in message
+
+
+def test_pause_watch_list_and_resume(service, tmp_path):
+    """A job paused early: `watch` stops at `paused` (exit 3), `list` finds it by status and metadata, `resume`
+    queues it (then it is cancelled: nothing here needs it trained)."""
+    file_id = loraq(service, "files", "upload", str(write_jsonl(tmp_path / "f.jsonl", chat_rows()[:2]))).stdout.strip()
+    with service.client() as client:
+        body = {"model": "loraq-tiny-chat", "training_file": file_id, "metadata": {"cli-test": tmp_path.name}}
+        job_id = client.post("/v1/fine_tuning/jobs", json=body).json()["id"]
+    paused = loraq(service, "jobs", "pause", job_id)
+    assert paused.returncode == 0, paused.stderr
+    # Paused at once if already queued; else pausing (once validated, or, if a worker took it, once checkpointed).
+    pausing = r" \(pausing: once it has checkpointed, or its files are validated\)"
+    assert re.fullmatch(rf"{job_id} (paused|(validating_files|running){pausing})", paused.stdout.strip()), paused
+    watched = loraq(service, "jobs", "watch", job_id)
+    assert watched.returncode == 3, watched
+    message = rf"{job_id} paused at step \d+: `loraq jobs resume {job_id}` continues it"
+    assert re.fullmatch(message, watched.stderr.strip()), watched
+    found = loraq(service, "jobs", "list", "--status", "paused", "--metadata", f"cli-test={tmp_path.name}", "--json")
+    assert [j["id"] for j in json.loads(found.stdout)] == [job_id]
+    resumed = loraq(service, "jobs", "resume", job_id)
+    assert resumed.returncode == 0 and resumed.stdout.strip() == f"{job_id} queued", resumed
+    assert "is not paused" in one_line_error(loraq(service, "jobs", "resume", job_id))
+    assert loraq(service, "jobs", "cancel", job_id).returncode == 0
 
 
 def test_errors_are_one_line(service):

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from loraq.migrate import upgrade
 from loraq.settings import Settings
 from models import job_state
+from models.api_keys import Principal
 from models.base import utcnow
 from models.job_state import estimate_finish
 from models.records import Job, JobEvent, JobStatus
@@ -292,3 +293,134 @@ def test_estimated_finish_uses_tokens_left_at_the_measured_speed():
     assert estimate_finish(job, now) == now + timedelta(seconds=20)
     job.estimated_tokens = None  # an older job: steps left at the average step time
     assert estimate_finish(job, now) == now + timedelta(seconds=450)
+
+
+# ---------------------------------------------------------------------------------------------- pause and resume
+KEY = Principal(owner="alice", key_id="key-abc", key_name="ci")
+
+
+def pending_pause(db: str, job_id: str) -> bool:
+    with session_scope(db) as session:
+        return job_state.get_job(session, job_id).pause_requested
+
+
+def test_a_queued_job_pauses_at_once_its_message_is_dropped_and_resume_queues_it_again(db):
+    job_id = queued(db)
+    with session_scope(db) as session:
+        assert job_state.pause_job(session, job_id, was=JobStatus.queued, by=KEY)
+        assert not job_state.pause_job(session, job_id, was=JobStatus.queued, by=KEY)  # it is no longer queued
+    assert status(db, job_id) == JobStatus.paused
+    assert messages(db, job_id)[-1] == "Job paused by key 'ci' (key-abc)"
+    with session_scope(db) as session:
+        assert job_state.claim_job(session, job_id, WORKER, 60) is None  # its message arrives: dropped
+        enqueued_at = job_state.get_job(session, job_id).enqueued_at
+        assert not job_state.mark_resent(session, job_id, JobStatus.queued, enqueued_at)  # no reconciler sends it
+        assert job_state.resume_job(session, job_id, by=KEY)
+        assert not job_state.resume_job(session, job_id, by=KEY)  # once
+    assert (
+        messages(db, job_id)[-1]
+        == "Job resumed by key 'ci' (key-abc): queued to continue from the start (it had no checkpoint)"
+    )
+    with session_scope(db) as session:
+        job = job_state.get_job(session, job_id)
+        assert (job.status, job.paused_at) == (JobStatus.queued, None) and job.enqueued_at > enqueued_at
+        assert job_state.claim_job(session, job_id, WORKER, 60) is not None
+
+
+def test_a_running_job_pauses_only_once_its_worker_has_checkpointed(db):
+    job_id = claimed(db)
+    with session_scope(db) as session:
+        assert job_state.pause_job(session, job_id, was=JobStatus.running, by=KEY)
+        assert not job_state.pause_job(session, job_id, was=JobStatus.running, by=KEY)  # already pending
+    assert messages(db, job_id)[-1] == (
+        "Pause requested by key 'ci' (key-abc): the job pauses once training checkpoints at its next step"
+    )
+    with session_scope(db) as session:
+        job = job_state.held_job(session, job_id, WORKER)  # still the worker's, which sees the pending pause
+        assert job is not None and job.status == JobStatus.running and job.pause_requested
+        assert job_state.renew_lease(session, job_id, WORKER, 60)  # it keeps its lease while it checkpoints
+        assert job_state.claim_job(session, job_id, OTHER, -1) is None
+        assert job_state.release_job(session, job_id, WORKER, "re-queued") is None  # never back to the queue
+        assert not job_state.pause_running_job(session, job_id, OTHER, "not mine")
+        assert job_state.pause_running_job(session, job_id, WORKER, "Job paused at step 4", completed_steps=4)
+        assert not job_state.renew_lease(session, job_id, WORKER, 60)
+    with session_scope(db) as session:
+        job = job_state.get_job(session, job_id)
+        assert (job.status, job.pause_requested, job.lease_owner, job.completed_steps) == (
+            JobStatus.paused, False, None, 4,
+        )  # fmt: skip
+        assert job.paused_at is not None and job.finished_at is None
+        job_state.record_checkpoint(session, job_id, {"step": 4}, "jobs/x/checkpoints/checkpoint-4")
+    with session_scope(db) as session:
+        assert job_state.resume_job(session, job_id, by=KEY)
+        assert job_state.claim_job(session, job_id, OTHER, 60) is not None
+    assert "queued to continue from its checkpoint at step 4" in messages(db, job_id)[-1]
+
+
+def test_a_validating_job_finishes_its_validation_then_pauses(db):
+    job_id = validating(db)
+    with session_scope(db) as session:
+        assert job_state.pause_job(session, job_id, was=JobStatus.validating_files, by=KEY)
+    assert status(db, job_id) == JobStatus.validating_files and pending_pause(db, job_id)
+    assert messages(db, job_id)[-1].endswith("the job pauses once its files are validated")
+    with session_scope(db) as session:
+        assert job_state.renew_validation(session, job_id, VALIDATOR, 60)  # the validation goes on
+        stage = job_state.finish_validation(session, job_id, VALIDATOR, total_steps=10, estimated_tokens=1000)
+        assert stage == JobStatus.paused
+    with session_scope(db) as session:
+        job = job_state.get_job(session, job_id)
+        assert (job.status, job.total_steps, job.lease_owner, job.pause_requested) == (
+            JobStatus.paused,
+            10,
+            None,
+            False,
+        )
+        assert job_state.resume_job(session, job_id, by=KEY)
+    assert status(db, job_id) == JobStatus.queued
+
+
+def test_a_cancel_wins_over_a_pending_pause_and_a_paused_job_can_be_cancelled(db):
+    job_id = claimed(db)
+    with session_scope(db) as session:
+        assert job_state.pause_job(session, job_id, was=JobStatus.running, by=KEY)
+        assert job_state.cancel_job(session, job_id, was=JobStatus.running)
+        assert not job_state.pause_running_job(session, job_id, WORKER, "too late")
+    assert status(db, job_id) == JobStatus.cancelled and not pending_pause(db, job_id)
+
+    other = queued_with_id(db, "ftjob-state4444444444444444444")
+    with session_scope(db) as session:
+        assert job_state.pause_job(session, other, was=JobStatus.queued, by=KEY)
+        assert job_state.cancel_job(session, other, was=JobStatus.paused)
+        assert not job_state.resume_job(session, other, by=KEY)
+        assert not job_state.pause_job(session, other, was=JobStatus.cancelled, by=KEY)
+    assert status(db, other) == JobStatus.cancelled
+
+
+def test_a_job_that_finishes_before_its_pause_lands_succeeds(db):
+    job_id = claimed(db)
+    with session_scope(db) as session:
+        assert job_state.pause_job(session, job_id, was=JobStatus.running, by=KEY)
+        assert job_state.finish_job(session, job_id, WORKER, JobStatus.succeeded)
+    assert status(db, job_id) == JobStatus.succeeded and not pending_pause(db, job_id)
+
+
+def test_a_dead_workers_pausing_job_is_paused_not_requeued(db):
+    job_id = claimed(db, lease_seconds=-1)
+    with session_scope(db) as session:
+        assert job_state.pause_job(session, job_id, was=JobStatus.running, by=KEY)
+        assert job_state.claim_job(session, job_id, OTHER, 60) is None  # a second delivery does not take it
+        assert job_state.recover_lost_job(session, job_id, 1, WORKER, max_attempts=3) == JobStatus.paused
+        assert job_state.recover_lost_job(session, job_id, 1, WORKER, max_attempts=3) is None
+    assert status(db, job_id) == JobStatus.paused
+    assert "while the job was pausing; paused at its newest complete checkpoint" in messages(db, job_id)[-1]
+
+
+def test_time_spent_paused_is_left_out_of_the_run_time_limit(db):
+    job_id = queued(db)
+    with session_scope(db) as session:
+        assert job_state.pause_job(session, job_id, was=JobStatus.queued, by=KEY)
+        job_state.get_job(session, job_id).paused_at = utcnow() - timedelta(seconds=100)  # paused 100 s ago
+    with session_scope(db) as session:
+        assert job_state.resume_job(session, job_id, by=KEY)
+    with session_scope(db) as session:
+        assert 100 <= job_state.get_job(session, job_id).paused_seconds <= 102

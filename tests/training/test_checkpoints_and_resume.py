@@ -4,11 +4,9 @@ uninterrupted run learns."""
 from __future__ import annotations
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from loraq.job_spec import Hyperparameters
-from tests.facts import chat_rows, write_jsonl
+from tests.facts import assert_same_adapter, chat_rows, write_jsonl
 from training.checkpoints import mark_complete, newest_complete, remove_incomplete
 from training.config import TrainingConfig
 
@@ -67,8 +65,4 @@ def test_handoff_then_resume_matches_an_uninterrupted_run(tmp_path):
     resumed = train(config("interrupted", resume_from=str(checkpoint)))
     assert resumed["type"] == "completed" and resumed["steps"] == 16
 
-    a = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "interrupted" / "adapter" / "adapter_model.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+    assert_same_adapter(tmp_path / "straight" / "adapter", tmp_path / "interrupted" / "adapter")

@@ -1,6 +1,6 @@
 """The dashboard at /ui/ in headless Chromium, against the real service with a real worker: sign in, a trained
-job's page (chart, checkpoints, token report, samples, downloads), a running job's live chart and cancel, uploads
-(line-numbered errors), a wrong key, the Server-Sent Events path, and the first paint."""
+job's page (chart, checkpoints, token report, samples, downloads), a running job's live chart, pause, resume and
+cancel, uploads (line-numbered errors), a wrong key, the Server-Sent Events path, and the first paint."""
 
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ def test_download_buttons_yield_the_archives_whose_sha256_is_the_etag(dashboard,
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == client.get(url).headers["etag"].strip('"')
 
 
-def test_the_chart_follows_a_running_job_and_cancel_stops_it(dashboard, client):
+def test_the_chart_follows_a_running_job_pause_resume_and_cancel(dashboard, client):
     page = dashboard.page
     job = create_job(client, upload_ok(client, chat_rows()), hyperparameters=LONG).json()
     dashboard.sign_in(path=f"/ui/jobs/{job['id']}")
@@ -184,6 +184,16 @@ def test_the_chart_follows_a_running_job_and_cancel_stops_it(dashboard, client):
     assert page.query_selector('#job-status [data-status="running"]')
     dashboard.wait_until(lambda: "ETA" in page.inner_text("#eta"), "the ETA", 10)
     dashboard.shoot("running")
+
+    # Pause: the job checkpoints at its next step and shows as paused, with the resume button instead.
+    page.click("#pause-job")
+    page.wait_for_selector('#job-status [data-status="paused"]', timeout=90_000)
+    assert page.query_selector("#pause-job").is_hidden() and page.query_selector("#resume-job").is_visible()
+    assert "paused" in page.inner_text("#progress-steps")
+    dashboard.shoot("paused")
+    page.click("#resume-job")
+    page.wait_for_selector('#job-status [data-status="running"]', timeout=120_000)
+    assert page.query_selector("#resume-job").is_hidden()
 
     page.click("#cancel-job")
     page.click("dialog.dialog button[value=yes]")

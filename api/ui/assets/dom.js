@@ -104,8 +104,10 @@ export const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 
 const STATUS_LABELS = { validating_files: "validating" };
 
-export function statusChip(status) {
-  return h(`span.chip.status-${status}`, { "data-status": status }, STATUS_LABELS[status] || status);
+/** The status chip; `pausing` (a pause pending on a running or validating job) says so beside the status. */
+export function statusChip(status, pausing = false) {
+  const label = STATUS_LABELS[status] || status;
+  return h(`span.chip.status-${status}`, { "data-status": status }, pausing ? `${label} · pausing` : label);
 }
 
 /** Seconds a job has taken so far (to its finish, or to now while it is active). */

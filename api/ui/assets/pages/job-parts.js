@@ -33,7 +33,8 @@ export function progressSummary(job) {
     };
   }
   const fraction = job.status === "succeeded" ? 1 : job.completed_steps / job.total_steps;
-  const label = `Step ${formatNumber(job.completed_steps)} of ${formatNumber(job.total_steps)} (${Math.floor((job.completed_steps / job.total_steps) * 100)}%)`;
+  const paused = job.status === "paused" ? " · paused, resume to continue" : "";
+  const label = `Step ${formatNumber(job.completed_steps)} of ${formatNumber(job.total_steps)} (${Math.floor((job.completed_steps / job.total_steps) * 100)}%)${paused}`;
   let eta = "";
   if (ACTIVE.has(job.status) && job.estimated_finish) {
     const left = Math.max(0, job.estimated_finish - Date.now() / 1000);

@@ -109,6 +109,8 @@ class JobView {
       { type: "button", onclick: () => this.cancel() },
       "Cancel job",
     );
+    el.pause = h("button#pause-job.button", { type: "button", onclick: () => this.act("pause") }, "Pause");
+    el.resume = h("button#resume-job.button", { type: "button", onclick: () => this.act("resume") }, "Resume");
     el.downloadNote = h("span.download-note.muted", { role: "status" });
     el.flash = h("div.flash", { role: "alert", hidden: true });
     el.error = h("div");
@@ -146,7 +148,7 @@ class JobView {
         "div.page-head",
         {},
         h("div.title-block", {}, h("div.title-line", {}, el.title, el.status), el.subtitle),
-        h("div.actions", {}, el.downloadNote, el.cancel, el.download),
+        h("div.actions", {}, el.downloadNote, el.pause, el.resume, el.cancel, el.download),
       ),
       el.flash,
       el.error,
@@ -272,9 +274,12 @@ class JobView {
   renderJob() {
     const job = this.job;
     const el = this.el;
-    fill(el.status, statusChip(job.status));
+    fill(el.status, statusChip(job.status, job.pause_requested));
     el.subtitle.textContent = [job.fine_tuned_model || job.user_provided_suffix, job.model].filter(Boolean).join(" · ");
     el.cancel.hidden = !ACTIVE.has(job.status);
+    // A running job pauses once it has checkpointed; meanwhile (pause_requested) neither button applies.
+    el.pause.hidden = !ACTIVE.has(job.status) || job.status === "paused" || job.pause_requested;
+    el.resume.hidden = job.status !== "paused";
     el.download.disabled = job.status !== "succeeded";
     el.download.title =
       job.status === "succeeded"
@@ -389,7 +394,7 @@ class JobView {
     fill(this.el.checkpoints, checkpointsTable(this.checkpoints, download));
   }
 
-  // ------------------------------------------------------------------ downloads and cancel
+  // ------------------------------------------------------------------ downloads, pause, resume and cancel
   downloadButton(path, name, label) {
     const button = h("button.button.small", { type: "button" }, label);
     button.addEventListener("click", () => this.runDownload(button, path, name));
@@ -414,6 +419,19 @@ class JobView {
     } finally {
       button.textContent = label;
       button.disabled = button === this.el.download && this.job.status !== "succeeded";
+    }
+  }
+
+  /** Pause (a running job checkpoints at its next step first) or resume (back to the queue). */
+  async act(action) {
+    const button = action === "pause" ? this.el.pause : this.el.resume;
+    button.disabled = true;
+    try {
+      this.setJob(await api(`${this.path}/${action}`, { method: "POST" }));
+    } catch (error) {
+      this.flash(`${action === "pause" ? "Pause" : "Resume"} failed: ${error.message}`);
+    } finally {
+      button.disabled = false;
     }
   }
 

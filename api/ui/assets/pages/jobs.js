@@ -120,7 +120,7 @@ function jobRow(job, navigate) {
       onclick: open,
     },
     h("td", {}, h("a.job-link.mono", { href, "data-link": true }, job.id), name ? h("div.sub", {}, name) : null),
-    h("td", {}, statusChip(job.status)),
+    h("td", {}, statusChip(job.status, job.pause_requested)),
     h("td.hide-sm", {}, job.model),
     h("td.hide-sm", { title: formatDate(job.created_at) }, formatAgo(job.created_at)),
     h("td.num.hide-sm", {}, formatDuration(jobDuration(job))),
