@@ -154,3 +154,26 @@ def test_a_failed_attempt_waits_for_its_retry_then_gives_up(db):
     (row,) = deliveries(db)
     assert row.status == DeliveryStatus.failed and row.next_attempt_at is None
     assert (row.last_status_code, row.last_error) == (None, "ConnectError: refused")
+
+
+def test_a_pause_is_announced_when_the_job_becomes_paused_not_when_it_is_asked(db):
+    from models.api_keys import Principal
+
+    endpoint(db, "wh-paused", "alice", ["fine_tuning.job.paused"])
+    job_id = new_job(db)
+    by = Principal(owner="alice", key_id="key-abc", key_name="ci")
+    with session_scope(db) as session:
+        job_state.get_job(session, job_id).status = JobStatus.running
+    with session_scope(db) as session:  # asked: still running until training has checkpointed
+        assert job_state.pause_job(session, job_id, was=JobStatus.running, by=by)
+    assert deliveries(db) == []
+    with session_scope(db) as session:
+        job_state.get_job(session, job_id).status = JobStatus.queued
+        job_state.get_job(session, job_id).pause_requested = False
+    with session_scope(db) as session:
+        assert job_state.pause_job(session, job_id, was=JobStatus.queued, by=by)
+    (row,) = deliveries(db)
+    assert (row.event_type, row.job_id) == ("fine_tuning.job.paused", job_id)
+    with session_scope(db) as session:  # resumed: nothing announced
+        assert job_state.resume_job(session, job_id, by=by)
+    assert len(deliveries(db)) == 1
