@@ -47,6 +47,7 @@ export function progressSummary(job) {
 export function detailRows(job) {
   const rows = [
     ["Model", job.model],
+    ["Continues from", job.parent ? `${job.parent.checkpoint || job.parent.model} (step ${job.parent.step})` : null],
     ["Fine-tuned model", job.fine_tuned_model],
     ["Training file", job.training_file],
     ["Validation file", job.validation_file],
@@ -55,6 +56,7 @@ export function detailRows(job) {
     ["Created", formatDate(job.created_at)],
     ["Finished", job.finished_at ? formatDate(job.finished_at) : null],
     ...Object.entries(job.metadata || {}).map(([key, value]) => [`metadata.${key}`, value]),
+    ...(job.serving_warnings || []).map((w) => [`Serving (${w.engine}, ${w.setting})`, w.message]),
   ];
   return rows.filter(([, value]) => value !== null && value !== undefined);
 }
