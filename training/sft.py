@@ -17,13 +17,15 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from peft import LoraConfig
-from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, Trainer
 from trl import SFTConfig
 
+from loraq.job_spec import Hyperparameters
 from loraq.storage import sha256_of, staged_directory
 from training import distributed
 from training.config import TrainingConfig
@@ -102,14 +104,32 @@ def load_rows(config: TrainingConfig, tokenizer, role: str):
 # --------------------------------------------------------------------------- trainer
 
 
-def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCallback) -> PackedSFTTrainer:
-    config = with_dataset_hashes(config)
-    hp = config.hyperparameters
-    precision = pick_precision()
+def load_tokenizer(config: TrainingConfig, model_path: str):
+    """The base model's tokenizer, padding on the right (with its end-of-text token if it has no pad token)."""
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def lora_config(hp: Hyperparameters) -> LoraConfig:
+    """The fresh adapter every method trains (the trainers wrap the base model with it)."""
+    return LoraConfig(
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        bias="none",
+        task_type="CAUSAL_LM",
+        target_modules=hp.target_modules,
+    )
+
+
+def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCallback) -> PackedSFTTrainer:
+    config = with_dataset_hashes(config)
+    hp = config.hyperparameters
+    precision = pick_precision()
+    tokenizer = load_tokenizer(config, model_path)
     model = load_model(config, model_path, precision)
     # The rows come tokenized with their labels and memory-mapped (nothing of the dataset is copied into
     # memory: TRL's preparation is skipped, and the trainer's sampler and resume work on row indices); its
@@ -154,21 +174,13 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized, masked and truncated
         **distributed.trainer_arguments(config, checkpointing),
     )
-    peft_config = LoraConfig(
-        r=hp.lora_r,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
-        bias="none",
-        task_type="CAUSAL_LM",
-        target_modules=hp.target_modules,
-    )
     trainer = PackedSFTTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        peft_config=peft_config,
+        peft_config=lora_config(hp),
         callbacks=[callback],
         token_budget=budget,
     )
@@ -196,7 +208,7 @@ def library_versions() -> dict:
     }
 
 
-def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dict, weights: dict | None = None) -> Path:
+def save_adapter(trainer: Trainer, config: TrainingConfig, summary: dict, weights: dict | None = None) -> Path:
     """Write adapter, tokenizer, chat template and loraq.json to a temporary folder, then rename it. `weights`:
     the gathered state dict of a sharded model (training.distributed.gathered_weights)."""
     final = Path(config.output_dir)
@@ -213,7 +225,7 @@ def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dic
                 "eval_sha256": config.eval_sha256,
             },
             "versions": library_versions(),
-            "speedups": sorted(trainer.speedups),
+            "speedups": sorted(getattr(trainer, "speedups", ())),  # DPO runs TRL's own path, without them
             "metrics": summary,
         }
         (staging / "loraq.json").write_text(json.dumps(record, indent=2, sort_keys=True))
@@ -223,8 +235,12 @@ def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dic
 # --------------------------------------------------------------------------- train
 
 
-def train(config: TrainingConfig) -> dict:
-    """Train and save; returns the outcome record (also appended to the progress file)."""
+TrainerBuilder = Callable[[TrainingConfig, str, ProgressCallback], Trainer]
+
+
+def train(config: TrainingConfig, build: TrainerBuilder = build_trainer) -> dict:
+    """Train and save; returns the outcome record (also appended to the progress file). `build` makes the
+    method's trainer (this module's for SFT, training.dpo's for DPO); the rest is the same for both."""
     writer = ProgressWriter(config.progress_path if distributed.is_main_process() else None)
     callback = ProgressCallback(writer, config.stop_path, config.max_train_seconds)
     torch.manual_seed(config.seed)
@@ -232,7 +248,7 @@ def train(config: TrainingConfig) -> dict:
     config = with_dataset_hashes(config)
     with distributed.main_process_first():  # the built-in tiny model is generated once, by rank 0
         model_path = resolve_base_model(config)
-    trainer = build_trainer(config, model_path, callback)
+    trainer = build(config, model_path, callback)
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=config.resume_from)
     state = trainer.state
@@ -248,7 +264,7 @@ def train(config: TrainingConfig) -> dict:
             if torch.cuda.is_available()
             else {}
         ),
-        **{k: v for k, v in callback.last_metrics.items() if k.startswith(("valid_", "train_mean"))},
+        **{k: v for k, v in callback.last_metrics.items() if k.startswith(("valid_", "train_mean", "rewards_"))},
     }
     if callback.stopped_early:
         writer.write("stopped", reason=callback.stop_reason, **summary)
@@ -262,7 +278,7 @@ def train(config: TrainingConfig) -> dict:
     return {"type": "completed", "adapter_dir": str(folder), "result_files": results, **summary}
 
 
-def write_results(trainer: PackedSFTTrainer, config: TrainingConfig) -> list[str]:
+def write_results(trainer: Trainer, config: TrainingConfig) -> list[str]:
     """Result files beside the adapter folder: metrics per step, and samples when there is a validation file."""
     folder = Path(config.results_dir or Path(config.output_dir) / "results")
     folder.mkdir(parents=True, exist_ok=True)
@@ -271,7 +287,8 @@ def write_results(trainer: PackedSFTTrainer, config: TrainingConfig) -> list[str
         # Generating on a sharded model would need every rank in step; the samples are left out.
         logger.info("samples.jsonl is not written for FSDP jobs")
     elif config.eval_path:
-        paths.append(write_samples(trainer.model, trainer.processing_class, config.eval_path, folder / "samples.jsonl"))
+        samples = folder / "samples.jsonl"
+        paths.append(write_samples(trainer.model, trainer.processing_class, config.eval_path, samples, config.method))
     return [str(p) for p in paths]
 
 
