@@ -60,6 +60,7 @@ def test_dpo_job_teaches_the_preferred_answers(service, tmp_path):
     job = _wait(client, job.id)
     assert job.status == "succeeded", job.error
     assert job.method.type == "dpo" and job.fine_tuned_model == f"ft:loraq-tiny-chat:prefer:{job.id}"
+    assert job.trained_tokens == job.to_dict()["estimated_tokens"]  # the validation stage counted as TRL trains
 
     events = list(reversed(list(client.fine_tuning.jobs.list_events(job.id, limit=100))))
     metrics = [e.data for e in events if e.type == "metrics"]
