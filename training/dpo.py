@@ -16,10 +16,7 @@ resume, saving and failure reporting are SFT's (training.sft.train runs this mod
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import time
 
 import torch
 from transformers import PrinterCallback
@@ -32,10 +29,7 @@ from training.config import TrainingConfig
 from training.hardware import pick_precision, use_gradient_checkpointing
 from training.preference import COLUMNS
 from training.progress import ProgressCallback
-from training.sft import load_model, load_tokenizer, lora_config, with_dataset_hashes
-from training.tokenized import open_tokenized, tokenize_file
-
-logger = logging.getLogger("loraq.training")
+from training.sft import load_model, load_rows, load_tokenizer, lora_config, with_dataset_hashes
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
@@ -46,25 +40,6 @@ class PretokenizedDPOTrainer(DPOTrainer):
         if set(COLUMNS) <= set(dataset.column_names):
             return dataset
         return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-
-
-def load_preference_rows(config: TrainingConfig, tokenizer, role: str):
-    """A preference file's rows (prompts that fill max_seq_length left out), memory-mapped from its tokenized
-    copy: the one the validation stage wrote, or one written now if there is none (training.tokenized)."""
-    hp = config.hyperparameters
-    if role == "train":
-        path, sha256, folder = config.train_path, config.train_sha256, config.train_tokenized_dir
-    else:
-        path, sha256, folder = config.eval_path, config.eval_sha256, config.eval_tokenized_dir
-    assert path is not None and sha256 is not None  # with_dataset_hashes ran
-    started = time.monotonic()
-    found = tokenize_file(
-        path, sha256, tokenizer, folder or os.path.join(config.checkpoint_dir, "tokenized"),
-        hp.max_seq_length, False, file_format=PREFERENCE,
-    )  # fmt: skip
-    how = "reusing the tokenized rows at" if found.reused else "tokenized into"
-    logger.info("%s file: %s %s (%.2f s)", role, how, found.path, time.monotonic() - started)
-    return open_tokenized(found.path).select_columns(list(COLUMNS))
 
 
 def micro_batches(hp: DpoHyperparameters, processes: int) -> tuple[int, int]:
@@ -94,8 +69,8 @@ def build_dpo_trainer(config: TrainingConfig, model_path: str, callback: Progres
     tokenizer = load_tokenizer(config, model_path)
     model = load_model(config, model_path, precision)
     with distributed.main_process_first():  # rank 0 tokenizes a file that has no tokenized copy yet
-        train_ds = load_preference_rows(config, tokenizer, "train")
-        eval_ds = load_preference_rows(config, tokenizer, "eval") if config.eval_path else None
+        train_ds = load_rows(config, tokenizer, "train", PREFERENCE)
+        eval_ds = load_rows(config, tokenizer, "eval", PREFERENCE) if config.eval_path else None
     batch, accumulation = micro_batches(hp, config.nproc_per_node)
     # A forward pass holds each example twice (prompt + preferred, prompt + non-preferred), padded.
     tokens = 2 * batch * min(longest_pair(train_ds), hp.max_seq_length)

@@ -25,6 +25,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, Trainer
 from trl import SFTConfig
 
+from loraq.dataset_format import CHAT, PREFERENCE
 from loraq.job_spec import Hyperparameters
 from loraq.storage import sha256_of, staged_directory
 from training import distributed
@@ -38,6 +39,7 @@ from training.hardware import (
 )
 from training.loss_masks import MASK_REMEDY, MaskError
 from training.packing import PackedSFTTrainer, token_budget
+from training.preference import COLUMNS as PREFERENCE_COLUMNS
 from training.progress import ProgressCallback, ProgressWriter
 from training.results import write_samples, write_step_metrics
 from training.speedups import apply_speedups, resolve_speedups
@@ -81,10 +83,15 @@ def with_dataset_hashes(config: TrainingConfig) -> TrainingConfig:
     return config.model_copy(update=hashes) if hashes else config
 
 
-def load_rows(config: TrainingConfig, tokenizer, role: str):
-    """A file's training rows (tokens and labels: assistant-only masks for any template, truncated to
-    max_seq_length, rows with nothing to learn left out), memory-mapped from its tokenized copy: the one the
-    validation stage wrote, or one written now if there is none (training.tokenized)."""
+# The columns training reads of a tokenized file, by format (training.dataset, training.preference).
+TRAINED_COLUMNS = {CHAT: ["input_ids", "labels"], PREFERENCE: list(PREFERENCE_COLUMNS)}
+
+
+def load_rows(config: TrainingConfig, tokenizer, role: str, file_format: str = CHAT):
+    """A file's training rows, memory-mapped from its tokenized copy: the one the validation stage wrote, or
+    one written now if there is none (training.tokenized). A chat file's: tokens and labels (assistant-only
+    masks for any template, truncated to max_seq_length, rows with nothing to learn left out); a preference
+    file's: TRL's prompt, chosen and rejected tokens (prompts that fill max_seq_length left out)."""
     hp = config.hyperparameters
     if role == "train":
         path, sha256, folder = config.train_path, config.train_sha256, config.train_tokenized_dir
@@ -94,11 +101,11 @@ def load_rows(config: TrainingConfig, tokenizer, role: str):
     started = time.monotonic()
     found = tokenize_file(
         path, sha256, tokenizer, folder or Path(config.checkpoint_dir) / "tokenized",
-        hp.max_seq_length, hp.train_on_inputs, processes=os.cpu_count() or 1,
+        hp.max_seq_length, hp.train_on_inputs, processes=os.cpu_count() or 1, file_format=file_format,
     )  # fmt: skip
     how = "reusing the tokenized rows at" if found.reused else "tokenized into"
     logger.info("%s file: %s %s (%.2f s)", role, how, found.path, time.monotonic() - started)
-    return open_tokenized(found.path).select_columns(["input_ids", "labels"])
+    return open_tokenized(found.path).select_columns(TRAINED_COLUMNS[file_format])
 
 
 # --------------------------------------------------------------------------- trainer
