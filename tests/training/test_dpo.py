@@ -5,6 +5,7 @@ checkpoint ends with the adapter of an uninterrupted run."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -24,15 +25,17 @@ HP = DpoHyperparameters(
 
 def _config(tmp_path, name, **extra) -> TrainingConfig:
     return TrainingConfig(
-        method="dpo",
-        base_model="loraq-tiny-chat",
-        model_cache_dir=str(tmp_path / "cache"),
-        train_path=str(tmp_path / "prefs.jsonl"),
-        output_dir=str(tmp_path / name / "adapter"),
-        checkpoint_dir=str(tmp_path / name / "checkpoints"),
-        progress_path=str(tmp_path / name / "progress.jsonl"),
-        hyperparameters=HP,
-        **extra,
+        **{
+            "method": "dpo",
+            "base_model": "loraq-tiny-chat",
+            "model_cache_dir": str(tmp_path / "cache"),
+            "train_path": str(tmp_path / "prefs.jsonl"),
+            "output_dir": str(tmp_path / name / "adapter"),
+            "checkpoint_dir": str(tmp_path / name / "checkpoints"),
+            "progress_path": str(tmp_path / name / "progress.jsonl"),
+            "hyperparameters": HP,
+            **extra,
+        }
     )
 
 
@@ -88,3 +91,24 @@ def test_dpo_trains_reports_rewards_and_resumes_exactly(tmp_path):
     assert any(a[name].abs().sum() > 0 for name in a if name.endswith("lora_B.weight"))  # it learned
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_learn_what_one_learns(tmp_path):
+    """DDP (torchrun, gloo on the CPU): the same global batch split over two processes, the same adapter."""
+    from tests.training.test_distributed import _assert_same_adapter, _losses, _run
+    from training.dpo import build_dpo_trainer
+    from training.sft import train
+
+    data = write_jsonl(tmp_path / "prefs.jsonl", preference_rows())
+    hp = HP.model_copy(update={"gradient_accumulation_steps": 4, "logging_steps": 1})
+    train(_config(tmp_path, "one", hyperparameters=hp), build_dpo_trainer)
+    flags = [f"--{name}={value}" for name, value in hp.model_dump(exclude_defaults=True).items()]
+    _run(
+        [sys.executable, "-m", "cli", "train", "--method", "dpo", "--base_model", "loraq-tiny-chat",
+         "--model_cache_dir", str(tmp_path / "cache"), "--train_path", str(data), "--output_dir", str(tmp_path / "two"),
+         "--nproc_per_node", "2", *flags]
+    )  # fmt: skip
+    _assert_same_adapter(tmp_path / "one" / "adapter", tmp_path / "two")
+    one = _losses(tmp_path / "one" / "progress.jsonl")
+    assert len(one) == 4 and _losses(tmp_path / "two" / "progress.jsonl") == pytest.approx(one, rel=1e-4)
