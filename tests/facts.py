@@ -43,7 +43,7 @@ PREFERENCES = [
 
 # DPO that makes the tiny model say the preferred answers in seconds on a CPU: a small beta (a weak pull back
 # to the base model, so the preferred answer is pushed until greedy decoding picks it) and a high rate, decayed
-# (cosine) so the end pushes no output into the degenerate. Over seeds 1-5 and 42 it taught 7 or 8 of the 8.
+# (cosine) so the end pushes no output into the degenerate. With seeds 1-4 and 42 it taught 8, 7, 8, 8 and 8.
 PREFER = {
     "beta": 0.01,
     "n_epochs": 10,
