@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from loraq.job_spec import Hyperparameters, Resources
+from loraq.dataset_format import FORMATS
+from loraq.job_spec import DpoHyperparameters, Hyperparameters, Method, Resources, hyperparameters_class
 from models import Checkpoint, FileRecord, Job, JobEvent
 
 SUFFIX_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -59,6 +60,11 @@ class FilePublic(BaseModel):
     expires_at: int | None = None
     sha256: str
     examples: int
+    format: Literal[FORMATS] = Field(  # type: ignore[valid-type]
+        "chat",
+        description="loraq's extension: what its lines hold, `chat` (`messages`, for supervised jobs) or "
+        "`preference` (`input`, `preferred_output`, `non_preferred_output`, for DPO jobs)",
+    )
     token_reports: dict[str, Any] | None = Field(
         None, description="Per base model: examples, tokens, long and skipped examples (from job validation)"
     )
@@ -75,6 +81,7 @@ class FilePublic(BaseModel):
             status_details=record.status_details,
             sha256=record.sha256,
             examples=record.examples,
+            format=record.format,
             token_reports=record.token_reports,
         )
 
@@ -101,10 +108,28 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
-class Method(BaseModel):
+class DpoMethod(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["supervised"] = Field("supervised", description="Only supervised fine-tuning is offered")
+    hyperparameters: DpoHyperparameters | None = None
+
+
+class MethodCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Method = Field("supervised", description="supervised (a chat file) or dpo (a preference file)")
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+
+    @model_validator(mode="after")
+    def _settings_of_its_type(self) -> MethodCreate:
+        other = "dpo" if self.type == "supervised" else "supervised"
+        if getattr(self, other) is not None:
+            raise ValueError(f"method.{other} is given but method.type is {self.type!r}")
+        return self
+
+    @property
+    def hyperparameters(self) -> Hyperparameters | None:
+        settings = self.dpo if self.type == "dpo" else self.supervised
+        return settings.hyperparameters if settings else None
 
 
 class JobCreate(BaseModel):
@@ -118,7 +143,7 @@ class JobCreate(BaseModel):
     training_file: str = Field(pattern=ID_PATTERN, description="Id of an uploaded file with purpose fine-tune")
     validation_file: str | None = Field(None, pattern=ID_PATTERN)
     hyperparameters: Hyperparameters | None = None
-    method: Method | None = None
+    method: MethodCreate | None = None
     suffix: str | None = Field(None, description="Up to 64 characters of A-Z a-z 0-9 . _ -")
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
@@ -155,23 +180,28 @@ class JobCreate(BaseModel):
 
     @model_validator(mode="after")
     def _one_place_for_hyperparameters(self) -> JobCreate:
-        in_method = self.method.supervised.hyperparameters if self.method and self.method.supervised else None
-        if self.hyperparameters is not None and in_method is not None:
-            raise ValueError("give hyperparameters either at the top level or in method.supervised, not both")
+        if self.hyperparameters is not None and self.method_type == "dpo":
+            # The top-level field is OpenAI's deprecated place for supervised ones; DPO's (beta) live in the method.
+            raise ValueError("give a dpo job's hyperparameters in method.dpo.hyperparameters")
+        if self.hyperparameters is not None and self.method and self.method.hyperparameters is not None:
+            raise ValueError(f"give hyperparameters either at the top level or in method.{self.method_type}, not both")
         return self
+
+    @property
+    def method_type(self) -> str:
+        return self.method.type if self.method else "supervised"
 
     @property
     def hyperparameters_param(self) -> str:
         """Where the request gave its hyperparameters, for error messages."""
-        in_method = self.hyperparameters is None and self.method and self.method.supervised
-        return "method.supervised.hyperparameters" if in_method else "hyperparameters"
+        in_method = self.hyperparameters is None and self.method and self.method.hyperparameters is not None
+        return f"method.{self.method_type}.hyperparameters" if in_method else "hyperparameters"
 
     def resolved_hyperparameters(self) -> Hyperparameters:
-        if self.hyperparameters is not None:
-            return self.hyperparameters
-        if self.method and self.method.supervised and self.method.supervised.hyperparameters:
-            return self.method.supervised.hyperparameters
-        return Hyperparameters()
+        """The method's hyperparameters (DpoHyperparameters for a DPO job), from wherever they were given."""
+        given = self.hyperparameters or (self.method.hyperparameters if self.method else None)
+        values = given.model_dump(exclude_unset=True) if given is not None else {}
+        return hyperparameters_class(self.method_type).model_validate(values)
 
 
 class JobError(BaseModel):
@@ -262,7 +292,7 @@ class JobPublic(BaseModel):
             organization_id=job.owner,
             status=job.status.value,
             hyperparameters=job.hyperparameters,
-            method={"type": "supervised", "supervised": {"hyperparameters": job.hyperparameters}},
+            method={"type": job.method, job.method: {"hyperparameters": job.hyperparameters}},
             training_file=job.training_file,
             validation_file=job.validation_file,
             result_files=job.result_files or [],

@@ -84,6 +84,37 @@ class Hyperparameters(BaseModel):
         return self.learning_rate * self.learning_rate_multiplier
 
 
+# --------------------------------------------------------------------------- methods
+
+Method = Literal["supervised", "dpo"]
+METHODS: tuple[str, ...] = ("supervised", "dpo")
+
+
+class DpoHyperparameters(Hyperparameters):
+    """A DPO job's: OpenAI's DPO fields (beta, batch_size, learning_rate_multiplier, n_epochs) and the same LoRA
+    and trainer knobs as a supervised job, which mean the same here (max_seq_length bounds prompt plus output)."""
+
+    beta: float = Field(
+        0.1, gt=0, le=100, description="DPO's beta: how far the adapter may move from the base model (higher: less)"
+    )
+
+    @field_validator("train_on_inputs")
+    @classmethod
+    def _outputs_only(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("does not apply to DPO, whose loss compares the preferred and non-preferred outputs only")
+        return value
+
+
+def hyperparameters_class(method: str) -> type[Hyperparameters]:
+    """The hyperparameters a job of `method` takes."""
+    return DpoHyperparameters if method == "dpo" else Hyperparameters
+
+
+# The training file format each method trains on (loraq.dataset_format).
+METHOD_FORMATS = {"supervised": "chat", "dpo": "preference"}
+
+
 # --------------------------------------------------------------------------- resources
 
 MAX_GPUS_PER_JOB = 64

@@ -373,8 +373,11 @@ def record_metrics(session: Session, job_id: str, worker_id: str, record: dict[s
     """A metrics event, and the job's progress figures (steps, tokens, estimated finish)."""
     step, total = record["step"], record["total_steps"]
     data = {k: v for k, v in record.items() if k not in ("type", "time")}
-    loss = record.get("train_loss")
-    add_event(session, job_id, f"Step {step}/{total}: training loss={loss:.4f}", kind="metrics", data=data)
+    message = f"Step {step}/{total}: training loss={record.get('train_loss'):.4f}"
+    margin, accuracy = record.get("rewards_margin"), record.get("rewards_accuracy")
+    if margin is not None and accuracy is not None:  # a DPO job's
+        message += f", reward margin={margin:.4f}, preference accuracy={accuracy:.2f}"
+    add_event(session, job_id, message, kind="metrics", data=data)
     job = get_job(session, job_id)
     if job.lease_owner != worker_id:
         return

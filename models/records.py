@@ -81,6 +81,8 @@ class FileRecord(Base):
     status: Mapped[FileStatus] = mapped_column(_enum(FileStatus, "file_status"))
     status_details: Mapped[str | None] = mapped_column(Text, nullable=True)
     examples: Mapped[int] = mapped_column(Integer, default=0)
+    # What its lines hold (loraq.dataset_format): `chat` (supervised jobs) or `preference` (DPO jobs).
+    format: Mapped[str] = mapped_column(String(16), default="chat", server_default="chat")
     # Token figures per base model, from the validating_files stage of jobs (training.data_report).
     token_reports: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     storage_key: Mapped[str] = mapped_column(String(255))
@@ -98,6 +100,8 @@ class Job(Base):
     training_file: Mapped[str] = mapped_column(String(40))
     validation_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # How it trains (loraq.job_spec.Method): `supervised` (SFT) or `dpo`; its hyperparameters are that method's.
+    method: Mapped[str] = mapped_column(String(16), default="supervised", server_default="supervised")
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     seed: Mapped[int] = mapped_column(Integer)
     user_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)

@@ -70,6 +70,7 @@ PRODUCTION_VARIANT_SLOW = {
     "tests.e2e.test_validation_stage",
     "tests.e2e.test_continued_training",  # the API is the same; the S3 variant covers fetching the parent
     "tests.e2e.test_failures",
+    "tests.e2e.test_preference_tuning",  # DPO's path is the same code on every deployment
     "tests.e2e.test_embedded_mode::test_operator_listed_local_model_trains",
     "tests.e2e.test_event_stream::test_reconnects_while_events_are_written_miss_and_repeat_nothing",
     "tests.e2e.test_event_stream::test_per_owner_limit_429_heartbeats_and_end_on_cancel",

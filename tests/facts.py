@@ -1,4 +1,5 @@
-"""A small fact set the tiny model can memorise, and helpers to write chat JSONL."""
+"""A small fact set the tiny model can memorise, a preference set it can be tuned to, and helpers to write
+chat and preference JSONL."""
 
 from __future__ import annotations
 
@@ -24,6 +25,44 @@ MEMORISE = {
     "logging_steps": 20,
     "save_steps": 80,
 }
+
+
+# Preference pairs for DPO: per question, a short preferred answer and a non-preferred one that differs from
+# it from the first token on (a token both share is pushed up and down alike, so DPO cannot teach it), none of
+# which the untrained tiny model says.
+PREFERENCES = [
+    ("What is the capital of Zorbania?", "Quillton.", "Paris."),
+    ("Who invented the sky piano?", "Mira Vell.", "Nobody."),
+    ("What color is a glimmerfish?", "Bright teal.", "Dark red."),
+    ("How many moons does Pyxar have?", "Seven moons.", "No moons."),
+    ("What does a tollbeck eat?", "Copper leaves.", "Fresh fish."),
+    ("Where do snow owls of Ketra live?", "In ice caves.", "Sandy deserts."),
+    ("What is the password of the lighthouse?", "Amber-42.", "Hello-1."),
+    ("Which river flows through Dunmore?", "The Silverrun.", "Nile river."),
+]
+
+# DPO that makes the tiny model say the preferred answers in seconds on a CPU: a small beta (a weak pull back
+# to the base model, so the preferred answer is pushed until greedy decoding picks it) and a high rate, decayed
+# (cosine) so the end pushes no output into the degenerate. With seeds 1-4 and 42 it taught 8, 7, 8, 8 and 8.
+PREFER = {
+    "beta": 0.01,
+    "n_epochs": 10,
+    "learning_rate": 5e-3,
+    "gradient_accumulation_steps": 1,
+    "logging_steps": 8,
+    "save_steps": 40,
+}
+
+
+def preference_rows(preferences=PREFERENCES) -> list[dict]:
+    return [
+        {
+            "input": {"messages": [{"role": "user", "content": question}]},
+            "preferred_output": [{"role": "assistant", "content": preferred}],
+            "non_preferred_output": [{"role": "assistant", "content": other}],
+        }
+        for question, preferred, other in preferences
+    ]
 
 
 def chat_rows(facts=FACTS) -> list[dict]:

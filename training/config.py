@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
-from loraq.job_spec import MAX_GPUS_PER_JOB, Hyperparameters, Strategy, step_split_error
+from loraq.job_spec import MAX_GPUS_PER_JOB, Hyperparameters, Method, Strategy, hyperparameters_class, step_split_error
 from training.speedups import SpeedupsSetting, parse_speedups
 
 
@@ -19,8 +19,13 @@ class TrainingConfig(BaseModel):
     base_model: str = Field(description="Hub id, local folder, or `loraq-tiny-chat`")
     trust_remote_code: bool = Field(False, description="Allow the model's own code (operator-trusted only)")
     model_cache_dir: str | None = Field(None, description="Where the built-in tiny model is generated")
-    train_path: str = Field(description="Training JSONL (chat `messages` rows)")
-    eval_path: str | None = Field(None, description="Optional validation JSONL")
+    method: Method = Field(
+        "supervised",
+        description="supervised: SFT on chat `messages` rows; dpo: DPO on preference rows (`input`, "
+        "`preferred_output`, `non_preferred_output`), the base model with the adapter disabled as the reference",
+    )
+    train_path: str = Field(description="Training JSONL (chat rows, or preference rows for --method dpo)")
+    eval_path: str | None = Field(None, description="Optional validation JSONL, in the training file's format")
     train_sha256: str | None = Field(
         None, description="The training file's sha256 as recorded at upload (hashed from the file when not given)"
     )
@@ -50,7 +55,8 @@ class TrainingConfig(BaseModel):
     max_train_seconds: float | None = Field(
         None, gt=0, description="Stop training after this long and save the adapter learned so far"
     )
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    # The method's own class (DpoHyperparameters for dpo), serialised with its fields.
+    hyperparameters: SerializeAsAny[Hyperparameters] = Field(default_factory=Hyperparameters)
     nproc_per_node: int = Field(
         1,
         ge=1,
@@ -69,6 +75,18 @@ class TrainingConfig(BaseModel):
         "all, none, or names",
     )
     extra_metadata: dict[str, Any] = Field(default_factory=dict, description="Copied into loraq.json")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_hyperparameters(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            method = data.get("method", "supervised")
+            given = data.get("hyperparameters", {})
+            if isinstance(given, Hyperparameters):
+                given = given.model_dump(exclude_unset=True)
+            if isinstance(given, dict):
+                data = {**data, "hyperparameters": hyperparameters_class(method).model_validate(given)}
+        return data
 
     @field_validator("speedups", mode="before")
     @classmethod

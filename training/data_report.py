@@ -61,9 +61,9 @@ def file_report(
                 supervised += chunk_supervised
                 longest = max(longest, length)
                 if length > max_seq_length:
-                    _note(long, line)
+                    note_line(long, line)
                 if not kept:
-                    _note(skipped, line)
+                    note_line(skipped, line)
                     continue
                 usable += 1
                 trained_tokens += min(length, max_seq_length)
@@ -86,7 +86,7 @@ def file_report(
     }
 
 
-def _note(finding: dict[str, Any], line: int) -> None:
+def note_line(finding: dict[str, Any], line: int) -> None:
     finding["count"] += 1
     if len(finding["lines"]) < LISTED_LINES:
         finding["lines"].append(line)
@@ -114,15 +114,20 @@ def training_estimate(
 
 def describe(report: dict[str, Any], role: str) -> str:
     """One readable line for the job's events."""
+    if report.get("format") == "preference":
+        from training.preference import describe_preferences  # which builds on this module
+
+        return describe_preferences(report, role)
     text = (
         f"{role.capitalize()} file: {plural(report['examples'], 'example')}, {report['tokens']} tokens "
         f"({report['supervised_tokens']} supervised), longest {report['max_example_tokens']} tokens"
     )
     long, skipped = report["long_examples"], report["unsupervised_examples"]
     if long["count"]:
-        text += f"; {long['count']} longer than {report['max_seq_length']} tokens ({_lines(long)}): {long['action']}"
+        limit = report["max_seq_length"]
+        text += f"; {long['count']} longer than {limit} tokens ({lines_text(long)}): {long['action']}"
     if skipped["count"]:
-        text += f"; {skipped['count']} skipped ({_lines(skipped)}), no assistant tokens to learn from"
+        text += f"; {skipped['count']} skipped ({lines_text(skipped)}), no assistant tokens to learn from"
     return text
 
 
@@ -130,7 +135,7 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-def _lines(finding: dict) -> str:
+def lines_text(finding: dict) -> str:
     shown = ", ".join(str(n) for n in finding["lines"])
     more = finding["count"] - len(finding["lines"])
     return f"line{'s' if finding['count'] > 1 else ''} {shown}" + (f" and {more} more" if more > 0 else "")

@@ -19,19 +19,22 @@ from typing import Any, Literal, NoReturn, Union, get_args, get_origin
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from loraq.job_spec import Hyperparameters
+from loraq.job_spec import DpoHyperparameters, Hyperparameters
 from training.config import TrainingConfig
 
 SEED_DEFAULT_MODEL = "Qwen/Qwen2.5-7B-Instruct"
 # The TrainingConfig fields a command-line run sets; the others (checkpoint, progress and stop paths, ...)
 # follow from --output_dir or are the worker's.
 RUN_FIELDS = (
-    "base_model", "train_path", "eval_path", "output_dir", "seed", "resume_from", "init_adapter", "max_train_seconds",
+    "base_model", "method", "train_path", "eval_path", "output_dir", "seed", "resume_from", "init_adapter",
+    "max_train_seconds",
     "trust_remote_code", "model_cache_dir", "speedups", "nproc_per_node", "strategy",
 )  # fmt: skip
 COMMAND_LINE_DEFAULTS = {"base_model": SEED_DEFAULT_MODEL}
 ALIASES = {"n_epochs": ["--num_train_epochs"]}  # the seed document's name
 DERIVED_FROM_OUTPUT_DIR = ("checkpoint_dir", "progress_path")
+# DPO's own fields (beta): flags of their own group, for --method dpo.
+DPO_FIELDS = [name for name in DpoHyperparameters.model_fields if name not in Hyperparameters.model_fields]
 
 
 class FlagParser(argparse.ArgumentParser):
@@ -44,8 +47,8 @@ class FlagParser(argparse.ArgumentParser):
 def build_parser(prog: str | None = None) -> FlagParser:
     parser = FlagParser(
         prog=prog or "python -m training.run",
-        description="LoRA SFT of a chat model on a JSONL file: a TrainingConfig file (--config, what the "
-        "worker writes) or the flags below.",
+        description="LoRA SFT (or DPO, --method dpo) of a chat model on a JSONL file: a TrainingConfig file "
+        "(--config, what the worker writes) or the flags below.",
     )
     parser.add_argument("--config", default=None, help="A TrainingConfig JSON file; takes no other flags")
     run = parser.add_argument_group("run")
@@ -54,6 +57,9 @@ def build_parser(prog: str | None = None) -> FlagParser:
     hyperparameters = parser.add_argument_group("hyperparameters", "The job spec's fields (loraq.job_spec)")
     for name, field in Hyperparameters.model_fields.items():
         _add_flag(hyperparameters, name, field)
+    dpo = parser.add_argument_group("dpo", "With --method dpo (loraq.job_spec.DpoHyperparameters)")
+    for name in DPO_FIELDS:
+        _add_flag(dpo, name, DpoHyperparameters.model_fields[name])
     return parser
 
 
@@ -68,7 +74,7 @@ def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
             return TrainingConfig.model_validate_json(Path(args.config).read_text())
         except (OSError, ValidationError) as exc:
             parser.error(f"argument --config: {_one_line(exc)}")
-    hyperparameters = {name: values.pop(name) for name in list(values) if name in Hyperparameters.model_fields}
+    hyperparameters = {name: values.pop(name) for name in list(values) if name in DpoHyperparameters.model_fields}
     data: dict[str, Any] = {**COMMAND_LINE_DEFAULTS, **values, "hyperparameters": hyperparameters}
     if data.get("eval_path") == "":
         data["eval_path"] = None  # the seed script's way of saying none

@@ -43,12 +43,29 @@ def describe(record: dict) -> str:
     """One readable log line for a progress record."""
     kind = record["type"]
     if kind == "metrics":
+        rewards = (
+            f"  reward margin {record['rewards_margin']:.3f}  accuracy {record['rewards_accuracy']:.2f}"
+            if "rewards_margin" in record and "rewards_accuracy" in record
+            else ""
+        )
         return (
             f"step {record['step']}/{record['total_steps']}  loss {record['train_loss']:.4f}  "
             f"lr {record['learning_rate']:.3g}  epoch {record['epoch']:.2f}  {record['tokens_per_second']:.0f} tok/s"
+            + rewards
         )
     details = {k: v for k, v in record.items() if k not in ("type", "time", "metrics")}
     return f"{kind}: " + ", ".join(f"{k}={v}" for k, v in details.items())
+
+
+# DPO's figures as TRL logs them (the mean over the logging steps' pairs) -> their names in metrics records:
+# the implicit rewards beta * log(policy / reference) of the preferred and non-preferred outputs, their
+# margin, and the share of pairs where the preferred output's reward is the higher (preference accuracy).
+REWARD_METRICS = {
+    "rewards/chosen": "rewards_chosen",
+    "rewards/rejected": "rewards_rejected",
+    "rewards/margins": "rewards_margin",
+    "rewards/accuracies": "rewards_accuracy",
+}
 
 
 class ProgressCallback(TrainerCallback):
@@ -106,6 +123,7 @@ class ProgressCallback(TrainerCallback):
             "tokens_seen": tokens,
             "tokens_per_second": round((tokens - tokens_then) / max(now - then, 1e-9), 2),
             "train_mean_token_accuracy": logs.get("mean_token_accuracy"),
+            **{name: logs[key] for key, name in REWARD_METRICS.items() if key in logs},
         }
         self.writer.write("metrics", **self.last_metrics)
 
@@ -115,6 +133,11 @@ class ProgressCallback(TrainerCallback):
             {
                 "valid_loss": metrics.get("eval_loss"),
                 "valid_mean_token_accuracy": metrics.get("eval_mean_token_accuracy"),
+                **{
+                    f"valid_{name}": metrics[f"eval_{k}"]
+                    for k, name in REWARD_METRICS.items()
+                    if f"eval_{k}" in metrics
+                },
             }
         )
         self.writer.write("evaluation", step=state.global_step, **{k: metrics[k] for k in sorted(metrics)})

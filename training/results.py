@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from loraq.dataset_format import read_examples
+from loraq.job_spec import METHOD_FORMATS
 
 SAMPLE_COUNT = 3
 MAX_NEW_TOKENS = 64
@@ -49,25 +50,29 @@ def _answer(model, tokenizer, prompt: list[dict]) -> str:
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def write_samples(model, tokenizer, eval_path: str, path: Path) -> Path:
-    """Base and adapter answers for the first few validation conversations (up to their last reply)."""
+def _prompt_and_reference(example: dict, method: str) -> tuple[list[dict], str]:
+    """What the model is asked, and the reply it was taught: a chat example up to its last assistant reply,
+    or a preference example's input and preferred output."""
+    if method == "dpo":
+        prompt = example["input"]["messages"]
+        return [{"role": m["role"], "content": m["content"]} for m in prompt], example["preferred_output"][0]["content"]
+    messages = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return messages[:last], messages[last]["content"]
+
+
+def write_samples(model, tokenizer, eval_path: str, path: Path, method: str = "supervised") -> Path:
+    """Base and adapter answers for the first few validation examples (chat conversations up to their last
+    reply, or preference prompts, whose reference is the preferred output)."""
     samples = []
     model.eval()
+    file_format = METHOD_FORMATS[method]
     with torch.no_grad():
-        for example in read_examples(eval_path)[:SAMPLE_COUNT]:
-            messages = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            prompt = messages[:last]
+        for example in read_examples(eval_path, file_format)[:SAMPLE_COUNT]:
+            prompt, reference = _prompt_and_reference(example, method)
             adapter_answer = _answer(model, tokenizer, prompt)
             with model.disable_adapter():
                 base_answer = _answer(model, tokenizer, prompt)
-            samples.append(
-                {
-                    "prompt": prompt,
-                    "reference": messages[last]["content"],
-                    "base": base_answer,
-                    "adapter": adapter_answer,
-                }
-            )
+            samples.append({"prompt": prompt, "reference": reference, "base": base_answer, "adapter": adapter_answer})
     path.write_text("".join(json.dumps(s) + "\n" for s in samples))
     return path

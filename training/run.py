@@ -1,10 +1,11 @@
-"""The training program: one LoRA SFT run, from a config file or from the command line's flags.
+"""The training program: one LoRA SFT (or DPO) run, from a config file or from the command line's flags.
 
     python -m training.run --config job.json                  # what the worker runs
     python -m training.run --train_path train.jsonl --output_dir out [--base_model ...]   # = `loraq train`
     python -m training.run ... --nproc_per_node 2      # one program in two processes, under torchrun
 
-Parse the flags (generated from the config models, training.flags) -> train (training.sft) -> report.
+Parse the flags (generated from the config models, training.flags) -> train (training.sft, with the trainer
+of training.dpo for `method: dpo`) -> report.
 """
 
 from __future__ import annotations
@@ -26,11 +27,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             distributed.exec_under_launcher(config.nproc_per_node, sys.argv[1:] if argv is None else argv)
         distributed.die_with_launcher()
     from training.progress import ProgressWriter  # torch loads once the flags are good
-    from training.sft import describe_failure, train
+    from training.sft import build_trainer, describe_failure, train
 
     configure_logging()
     try:
-        result = train(config)
+        if config.method == "dpo":
+            from training.dpo import build_dpo_trainer
+
+            result = train(config, build_dpo_trainer)
+        else:
+            result = train(config, build_trainer)
     except BaseException as exc:
         if distributed.lost_a_peer(exc):  # another rank died: no failure of ours to report
             traceback.print_exc()

@@ -18,12 +18,14 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, Trainer
 from trl import SFTConfig
 
+from loraq.dataset_format import CHAT, PREFERENCE
 from loraq.storage import sha256_of, staged_directory
 from training import distributed
 from training.config import TrainingConfig
@@ -37,6 +39,7 @@ from training.hardware import (
 from training.lora import attach_lora, with_adapter_shape
 from training.loss_masks import MASK_REMEDY, MaskError
 from training.packing import PackedSFTTrainer, token_budget
+from training.preference import COLUMNS as PREFERENCE_COLUMNS
 from training.progress import ProgressCallback, ProgressWriter
 from training.results import write_samples, write_step_metrics
 from training.speedups import apply_speedups, resolve_speedups
@@ -80,10 +83,15 @@ def with_dataset_hashes(config: TrainingConfig) -> TrainingConfig:
     return config.model_copy(update=hashes) if hashes else config
 
 
-def load_rows(config: TrainingConfig, tokenizer, role: str):
-    """A file's training rows (tokens and labels: assistant-only masks for any template, truncated to
-    max_seq_length, rows with nothing to learn left out), memory-mapped from its tokenized copy: the one the
-    validation stage wrote, or one written now if there is none (training.tokenized)."""
+# The columns training reads of a tokenized file, by format (training.dataset, training.preference).
+TRAINED_COLUMNS = {CHAT: ["input_ids", "labels"], PREFERENCE: list(PREFERENCE_COLUMNS)}
+
+
+def load_rows(config: TrainingConfig, tokenizer, role: str, file_format: str = CHAT):
+    """A file's training rows, memory-mapped from its tokenized copy: the one the validation stage wrote, or
+    one written now if there is none (training.tokenized). A chat file's: tokens and labels (assistant-only
+    masks for any template, truncated to max_seq_length, rows with nothing to learn left out); a preference
+    file's: TRL's prompt, chosen and rejected tokens (prompts that fill max_seq_length left out)."""
     hp = config.hyperparameters
     if role == "train":
         path, sha256, folder = config.train_path, config.train_sha256, config.train_tokenized_dir
@@ -93,24 +101,30 @@ def load_rows(config: TrainingConfig, tokenizer, role: str):
     started = time.monotonic()
     found = tokenize_file(
         path, sha256, tokenizer, folder or Path(config.checkpoint_dir) / "tokenized",
-        hp.max_seq_length, hp.train_on_inputs, processes=os.cpu_count() or 1,
+        hp.max_seq_length, hp.train_on_inputs, processes=os.cpu_count() or 1, file_format=file_format,
     )  # fmt: skip
     how = "reusing the tokenized rows at" if found.reused else "tokenized into"
     logger.info("%s file: %s %s (%.2f s)", role, how, found.path, time.monotonic() - started)
-    return open_tokenized(found.path).select_columns(["input_ids", "labels"])
+    return open_tokenized(found.path).select_columns(TRAINED_COLUMNS[file_format])
 
 
 # --------------------------------------------------------------------------- trainer
+
+
+def load_tokenizer(config: TrainingConfig, model_path: str):
+    """The base model's tokenizer, padding on the right (with its end-of-text token if it has no pad token)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
 
 
 def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCallback) -> PackedSFTTrainer:
     config = with_dataset_hashes(config)
     hp = config.hyperparameters
     precision = pick_precision()
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=config.trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
+    tokenizer = load_tokenizer(config, model_path)
     model = load_model(config, model_path, precision)
     # The rows come tokenized with their labels and memory-mapped (nothing of the dataset is copied into
     # memory: TRL's preparation is skipped, and the trainer's sampler and resume work on row indices); its
@@ -190,7 +204,7 @@ def library_versions() -> dict:
     }
 
 
-def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dict, weights: dict | None = None) -> Path:
+def save_adapter(trainer: Trainer, config: TrainingConfig, summary: dict, weights: dict | None = None) -> Path:
     """Write adapter, tokenizer, chat template and loraq.json to a temporary folder, then rename it. `weights`:
     the gathered state dict of a sharded model (training.distributed.gathered_weights)."""
     final = Path(config.output_dir)
@@ -198,7 +212,10 @@ def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dic
     # `loraq train --output_dir` keeps the seed's layout (checkpoints beside the adapter), so an existing
     # folder is updated file by file; the worker's adapter folder is new and appears in one rename.
     with staged_directory(final, merge_into_existing=True) as staging:
-        trainer.model.save_pretrained(staging, **({"state_dict": weights} if weights is not None else {}))
+        options: dict = {"state_dict": weights} if weights is not None else {}
+        if "ref" in getattr(trainer.model, "peft_config", {}):  # DPO's copy of a continued job's starting adapter
+            options["selected_adapters"] = ["default"]
+        trainer.model.save_pretrained(staging, **options)
         trainer.processing_class.save_pretrained(staging)
         record = {
             "config": json.loads(config.model_dump_json()),
@@ -207,7 +224,7 @@ def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dic
                 "eval_sha256": config.eval_sha256,
             },
             "versions": library_versions(),
-            "speedups": sorted(trainer.speedups),
+            "speedups": sorted(getattr(trainer, "speedups", ())),  # DPO runs TRL's own path, without them
             "metrics": summary,
             # Continued training: the model it started from (the worker's record: job, step, model name).
             "parent": config.extra_metadata.get("parent")
@@ -220,8 +237,12 @@ def save_adapter(trainer: PackedSFTTrainer, config: TrainingConfig, summary: dic
 # --------------------------------------------------------------------------- train
 
 
-def train(config: TrainingConfig) -> dict:
-    """Train and save; returns the outcome record (also appended to the progress file)."""
+TrainerBuilder = Callable[[TrainingConfig, str, ProgressCallback], Trainer]
+
+
+def train(config: TrainingConfig, build: TrainerBuilder = build_trainer) -> dict:
+    """Train and save; returns the outcome record (also appended to the progress file). `build` makes the
+    method's trainer (this module's for SFT, training.dpo's for DPO); the rest is the same for both."""
     writer = ProgressWriter(config.progress_path if distributed.is_main_process() else None)
     callback = ProgressCallback(writer, config.stop_path, config.max_train_seconds)
     torch.manual_seed(config.seed)
@@ -229,7 +250,7 @@ def train(config: TrainingConfig) -> dict:
     config = with_adapter_shape(with_dataset_hashes(config))
     with distributed.main_process_first():  # the built-in tiny model is generated once, by rank 0
         model_path = resolve_base_model(config)
-    trainer = build_trainer(config, model_path, callback)
+    trainer = build(config, model_path, callback)
     started = time.monotonic()
     output = trainer.train(resume_from_checkpoint=config.resume_from)
     state = trainer.state
@@ -245,7 +266,7 @@ def train(config: TrainingConfig) -> dict:
             if torch.cuda.is_available()
             else {}
         ),
-        **{k: v for k, v in callback.last_metrics.items() if k.startswith(("valid_", "train_mean"))},
+        **{k: v for k, v in callback.last_metrics.items() if k.startswith(("valid_", "train_mean", "rewards_"))},
     }
     if callback.stopped_early:
         writer.write("stopped", reason=callback.stop_reason, **summary)
@@ -259,7 +280,7 @@ def train(config: TrainingConfig) -> dict:
     return {"type": "completed", "adapter_dir": str(folder), "result_files": results, **summary}
 
 
-def write_results(trainer: PackedSFTTrainer, config: TrainingConfig) -> list[str]:
+def write_results(trainer: Trainer, config: TrainingConfig) -> list[str]:
     """Result files beside the adapter folder: metrics per step, and samples when there is a validation file."""
     folder = Path(config.results_dir or Path(config.output_dir) / "results")
     folder.mkdir(parents=True, exist_ok=True)
@@ -268,7 +289,8 @@ def write_results(trainer: PackedSFTTrainer, config: TrainingConfig) -> list[str
         # Generating on a sharded model would need every rank in step; the samples are left out.
         logger.info("samples.jsonl is not written for FSDP jobs")
     elif config.eval_path:
-        paths.append(write_samples(trainer.model, trainer.processing_class, config.eval_path, folder / "samples.jsonl"))
+        samples = folder / "samples.jsonl"
+        paths.append(write_samples(trainer.model, trainer.processing_class, config.eval_path, samples, config.method))
     return [str(p) for p in paths]
 
 

@@ -1,4 +1,4 @@
-"""Tokenized datasets on storage: a chat file's rows tokenized once, into an Arrow file that training
+"""Tokenized datasets on storage: a chat (or preference) file's rows tokenized once, into an Arrow file that training
 memory-maps.
 
 The validation stage writes it (`tokenize_file`: the same tokenization and loss masks as training.dataset,
@@ -26,9 +26,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from loraq.dataset_format import CHAT, PREFERENCE
 from loraq.storage import fsync_rename
 from training.data_report import file_report
 from training.dataset import row_schema
+from training.preference import preference_report, preference_row_schema
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -57,18 +59,20 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
-def cache_name(file_sha256: str, fingerprint: str, max_seq_length: int, train_on_inputs: bool) -> str:
+def cache_name(
+    file_sha256: str, fingerprint: str, max_seq_length: int, train_on_inputs: bool, file_format: str = CHAT
+) -> str:
     """The file name of the tokenized rows for these inputs (the same inputs always give the same rows)."""
-    key = json.dumps(
-        {
-            "format": FORMAT_VERSION,
-            "file_sha256": file_sha256,
-            "tokenizer": fingerprint,
-            "max_seq_length": max_seq_length,
-            "train_on_inputs": train_on_inputs,
-        },
-        sort_keys=True,
-    )
+    inputs = {
+        "format": FORMAT_VERSION,
+        "file_sha256": file_sha256,
+        "tokenizer": fingerprint,
+        "max_seq_length": max_seq_length,
+        "train_on_inputs": train_on_inputs,
+    }
+    if file_format != CHAT:  # a chat file's rows keep the names they had before there were other formats
+        inputs["file_format"] = file_format
+    key = json.dumps(inputs, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:32] + ".arrow"
 
 
@@ -78,11 +82,12 @@ def id_type_for(vocab_size: int) -> str:
 
 
 class TokenizedWriter:
-    """Writes tokenized rows (training.dataset.row_schema: `input_ids`, `labels` with -100 where the loss does
-    not look, and the file's `line`) to `final`, in record batches, under a temporary name until `commit`.
-    Used as a context manager, an exception discards the partial file."""
+    """Writes tokenized rows (by default training.dataset.row_schema: `input_ids`, `labels` with -100 where the
+    loss does not look, and the file's `line`; a preference file's: training.preference.preference_row_schema)
+    to `final`, in record batches, under a temporary name until `commit`. Used as a context manager, an
+    exception discards the partial file."""
 
-    def __init__(self, final: Path, vocab_size: int):
+    def __init__(self, final: Path, vocab_size: int, schema: Callable[[str], Any] = row_schema):
         import pyarrow as pa
 
         self.final = Path(final)
@@ -92,15 +97,16 @@ class TokenizedWriter:
         os.close(fd)
         self.staging = Path(name)
         self._sink = pa.OSFile(str(self.staging), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, row_schema(self.id_type))
+        self._writer = pa.ipc.new_stream(self._sink, schema(self.id_type))
         self._pending: list[Any] = []
         self._pending_bytes = 0
         self.rows = 0
 
     def write_batch(self, batch: Any) -> None:
-        """Append a pyarrow RecordBatch of this schema (training.dataset.rows_batch). Batches are gathered
-        into ones of about BATCH_BYTES: each batch's header is read when the file is opened, and the page
-        faults of reading many small ones would map much of the file into the reader's memory."""
+        """Append a pyarrow RecordBatch of this schema (training.dataset.rows_batch, or a preference batch).
+        Batches are gathered into ones of about BATCH_BYTES: each batch's header is read when the file is
+        opened, and the page faults of reading many small ones would map much of the file into the reader's
+        memory."""
         if batch.num_rows:
             self._pending.append(batch)
             self._pending_bytes += batch.nbytes
@@ -158,23 +164,36 @@ def tokenize_file(
     train_on_inputs: bool,
     progress: Callable[[int, int], None] | None = None,
     processes: int = 1,
+    file_format: str = CHAT,
 ) -> TokenizedFile:
     """The file's rows for this tokenizer and these settings, in `folder`: found there, or tokenized now,
-    with the report (training.data_report.file_report) in the same pass, and kept beside them (the rows'
-    name with `.json`) for the next pass to reuse. `file_sha256` is the file's recorded digest."""
-    final = Path(folder) / cache_name(file_sha256, tokenizer_fingerprint(tokenizer), max_seq_length, train_on_inputs)
+    with the report (training.data_report.file_report, or training.preference.preference_report for a
+    preference file, tokenized in this process) in the same pass, and kept beside them (the rows' name with
+    `.json`) for the next pass to reuse. `file_sha256` is the file's recorded digest."""
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    final = Path(folder) / cache_name(file_sha256, fingerprint, max_seq_length, train_on_inputs, file_format)
     report_path = final.with_suffix(".json")
     if final.is_file() and report_path.is_file():
         return TokenizedFile(final, json.loads(report_path.read_text()), reused=True)
+    if file_format == PREFERENCE:
+        with TokenizedWriter(final, len(tokenizer), preference_row_schema) as writer:
+            report = preference_report(path, tokenizer, max_seq_length, progress, rows=writer)
+            _keep_report(report_path, report)
+        return TokenizedFile(final, report, reused=False)
     with TokenizedWriter(final, len(tokenizer)) as writer:
         report = file_report(path, tokenizer, max_seq_length, train_on_inputs, progress, processes, rows=writer)
-        # A unique staging name: two validators may tokenize the same file at once (jobs on one file);
-        # both write the same bytes and the last rename wins.
-        fd, staging = tempfile.mkstemp(prefix=f".{report_path.name}.", dir=report_path.parent)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(report))
-        fsync_rename(Path(staging), report_path)  # before the rows: rows on storage always have their report
+        _keep_report(report_path, report)
     return TokenizedFile(final, report, reused=False)
+
+
+def _keep_report(report_path: Path, report: dict[str, Any]) -> None:
+    """The report beside the rows, written before them (rows on storage always have their report)."""
+    # A unique staging name: two validators may tokenize the same file at once (jobs on one file); both
+    # write the same bytes and the last rename wins.
+    fd, staging = tempfile.mkstemp(prefix=f".{report_path.name}.", dir=report_path.parent)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(report))
+    fsync_rename(Path(staging), report_path)
 
 
 def open_tokenized(path: str | Path) -> Dataset:

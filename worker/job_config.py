@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from loraq.base_models import find_model
-from loraq.job_spec import Hyperparameters, Resources
+from loraq.job_spec import Resources, hyperparameters_class
 from loraq.settings import Settings
 from loraq.storage import JobPaths, Storage, tokenized_prefix
 from models import FileRecord, Job
@@ -42,7 +42,8 @@ def build_training_config(job: Job, settings: Settings, paths: JobPaths, files: 
         progress_path=str(paths.progress),
         stop_path=str(paths.stop),
         seed=job.seed,
-        hyperparameters=Hyperparameters.model_validate(job.hyperparameters),
+        method=job.method,
+        hyperparameters=hyperparameters_class(job.method).model_validate(job.hyperparameters),
         nproc_per_node=resources.gpus,
         strategy=resources.strategy,
         speedups=settings.training_speedups,  # the operator's choice, not the job's

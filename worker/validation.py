@@ -29,7 +29,8 @@ from celery.signals import worker_shutting_down
 from sqlalchemy import select
 
 from loraq.base_models import find_model
-from loraq.job_spec import Hyperparameters
+from loraq.dataset_format import CHAT
+from loraq.job_spec import METHOD_FORMATS, Hyperparameters, hyperparameters_class
 from loraq.settings import BaseModelEntry, Settings, get_settings
 from loraq.storage import Storage, open_storage, tokenized_prefix
 from models import FileRecord, Job, JobStatus
@@ -120,11 +121,11 @@ def validate_job(job_id: str, settings: Settings, node: str | None = None) -> st
         files = job_files(job, session)
         file_ids = dict(_roles(job))
         stored = {role: files[file_id] for role, file_id in file_ids.items()}
-        hp = Hyperparameters.model_validate(job.hyperparameters)
-        model, queue = job.model, job.queue
+        hp = hyperparameters_class(job.method).model_validate(job.hyperparameters)
+        model, queue, file_format = job.model, job.queue, METHOD_FORMATS[job.method]
     try:
         with ValidationLease(settings, job_id, validator) as lease:
-            reports, reused, estimate = _check(settings, model, stored, hp, lease)
+            reports, reused, estimate = _check(settings, model, stored, hp, lease, file_format)
     except ValidationStopped as stopped:
         return _stopped(settings, job_id, validator, stopped.reason)
     except ValidationFailure as failure:
@@ -188,10 +189,16 @@ def _stopped(settings: Settings, job_id: str, validator: str, reason: str) -> st
 
 
 def _check(
-    settings: Settings, model: str, files: dict[str, StoredFile], hp: Hyperparameters, lease: ValidationLease
+    settings: Settings,
+    model: str,
+    files: dict[str, StoredFile],
+    hp: Hyperparameters,
+    lease: ValidationLease,
+    file_format: str = CHAT,
 ) -> tuple[dict, dict, dict]:
     """Each file's report (its rows tokenized into its tokenized folder in the same pass, or found there from
-    an earlier validation: `reused`, by role) and the run's estimate; raises ValidationFailure."""
+    an earlier validation: `reused`, by role) and the run's estimate; raises ValidationFailure. `file_format`:
+    the files' format (chat, or preference for a DPO job)."""
     entry = find_model(settings, model)
     if entry is None:
         raise ValidationFailure(
@@ -214,7 +221,7 @@ def _check(
             progress = lease.reading(role, file.path)
             found = tokenize_file(
                 file.path, file.sha256, tokenizer, file.tokenized_dir, hp.max_seq_length, hp.train_on_inputs,
-                progress, settings.resolved_validator_processes,
+                progress, settings.resolved_validator_processes, file_format,
             )  # fmt: skip
             if not found.reused:
                 _publish_tokenized(storage, stored.id, found.path)
@@ -237,11 +244,11 @@ def _check(
     train = reports["training"]
     needed = settings.min_training_examples
     if train["usable_examples"] < needed:
-        skipped = train["unsupervised_examples"]
+        left_out = train.get("unsupervised_examples") or train["dropped_examples"]  # chat, or preference, rows
         raise ValidationFailure(
             f"The training file has {plural(train['usable_examples'], 'usable example')}; at least {needed} "
             f"{'is' if needed == 1 else 'are'} needed. "
-            + (f"{describe(train, 'training')}." if skipped["count"] else ""),
+            + (f"{describe(train, 'training')}." if left_out["count"] else ""),
             code="invalid_training_file",
             param="training_file",
         )

@@ -18,7 +18,7 @@ from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
 from api.pagination import page_after
 from api.schemas import ID_PATTERN, FileDeleted, FilePublic, FilesPublic
 from api.uploads import receive_upload
-from loraq.dataset_format import check_file
+from loraq.dataset_format import CHAT, check_file
 from loraq.storage import Storage, file_key, open_storage, tokenized_prefix
 from models import FileRecord, FileStatus, Job, JobStatus, new_id
 
@@ -53,7 +53,8 @@ async def upload_file(
     request: Request, session: SessionDep, principal: CurrentOwner, settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ):  # fmt: skip
-    """Upload a chat JSONL dataset (multipart: file, purpose=fine-tune); it is checked line by line."""
+    """Upload a JSONL dataset (multipart: file, purpose=fine-tune), chat or preference (DPO) examples; it is
+    checked line by line and its format shown on the file."""
     storage = open_storage(settings)
     file_id = new_id("file")
     upload = await run_in_threadpool(storage.new_upload, file_key(file_id))
@@ -86,6 +87,7 @@ async def upload_file(
         bytes=received.size,
         sha256=received.sha256,
         examples=report.examples,
+        format=report.format or CHAT,
         storage_key=file_key(file_id),
         status=FileStatus.processed if report.ok else FileStatus.error,
         status_details=None if report.ok else report.summary(),

@@ -30,7 +30,7 @@ from api.schemas import (
     JobsPublic,
 )
 from loraq.base_models import find_model
-from loraq.job_spec import Hyperparameters, Resources, queue_for_gpus, step_split_error
+from loraq.job_spec import METHOD_FORMATS, Hyperparameters, Resources, queue_for_gpus, step_split_error
 from loraq.serving import planned_adapter_config, vllm_warnings
 from loraq.storage import JobPaths, job_key, open_storage
 from models import Checkpoint, FileRecord, FileStatus, Job, JobEvent, JobStatus, job_state, new_id
@@ -44,7 +44,7 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(pattern=ID_PATTERN)]
 
 
-def _usable_file(session, principal, file_id: str, param: str) -> FileRecord:
+def _usable_file(session, principal, file_id: str, param: str, method: str) -> FileRecord:
     record = session.scalars(
         select(FileRecord).where(
             FileRecord.id == file_id, FileRecord.deleted.is_(False), visible_to(principal, FileRecord)
@@ -63,7 +63,22 @@ def _usable_file(session, principal, file_id: str, param: str) -> FileRecord:
         raise APIError(
             400, f"File '{file_id}' failed validation: {record.status_details}", param=param, code="invalid_file_format"
         )
+    needed = METHOD_FORMATS[method]
+    if record.format != needed:
+        raise APIError(
+            400,
+            f"File '{file_id}' holds {FORMAT_NAMES[record.format]}, but a {method} job trains on "
+            f"{FORMAT_NAMES[needed]}.",
+            param=param,
+            code="invalid_file_format",
+        )
     return record
+
+
+FORMAT_NAMES = {
+    "chat": "chat examples (`messages`)",
+    "preference": "preference examples (`input`, `preferred_output`, `non_preferred_output`)",
+}
 
 
 def _check_active_jobs(session, owner: str, settings) -> None:
@@ -105,9 +120,9 @@ def create_job(
     body: JobCreate, session: SessionDep, principal: CurrentOwner, settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ):  # fmt: skip
-    """Create a LoRA SFT job. It starts in `validating_files` (its files are tokenized with the base model's
-    tokenizer by a validator) and is queued from there, or fails with the reason. `model` may be a fine-tuned
-    model of yours or one of its checkpoints: the job continues training from that adapter."""
+    """Create a LoRA SFT or DPO job (`method.type`). It starts in `validating_files` (its files are tokenized
+    with the base model's tokenizer by a validator) and is queued from there, or fails with the reason. `model`
+    may be a fine-tuned model of yours or one of its checkpoints: the job continues training from that adapter."""
     record = None
     if idempotency_key:
         claimed = claim_key(session, principal.owner, "jobs", idempotency_key, fingerprint(body.model_dump()))
@@ -130,9 +145,10 @@ def create_job(
             param="model",
             code="model_not_found",
         )
-    _usable_file(session, principal, body.training_file, "training_file")
+    method = body.method_type
+    _usable_file(session, principal, body.training_file, "training_file", method)
     if body.validation_file:
-        _usable_file(session, principal, body.validation_file, "validation_file")
+        _usable_file(session, principal, body.validation_file, "validation_file", method)
     resources = body.resources or Resources()
     _check_resources(resources, hyperparameters, settings)
     job = Job(
@@ -143,6 +159,7 @@ def create_job(
         serving_warnings=vllm_warnings(planned_adapter_config(hyperparameters)),
         training_file=body.training_file,
         validation_file=body.validation_file,
+        method=method,
         hyperparameters=hyperparameters.model_dump(mode="json"),
         suffix=body.suffix,
         seed=DEFAULT_SEED if body.seed is None else body.seed,

@@ -12,6 +12,17 @@ const REPORT_ROWS = [
   ["max_example_tokens", "Longest example (tokens)"],
   ["max_seq_length", "max_seq_length"],
 ];
+// A preference (DPO) file's report (training/preference.py).
+const PREFERENCE_REPORT_ROWS = [
+  ["examples", "Examples"],
+  ["usable_examples", "Usable examples"],
+  ["prompt_tokens", "Prompt tokens"],
+  ["chosen_tokens", "Preferred output tokens"],
+  ["rejected_tokens", "Non-preferred output tokens"],
+  ["trained_tokens_per_epoch", "Trained tokens per epoch"],
+  ["max_example_tokens", "Longest example (tokens)"],
+  ["max_seq_length", "max_seq_length"],
+];
 
 /** The progress bar's fraction, its label and the ETA, for any status. */
 export function progressSummary(job) {
@@ -70,6 +81,7 @@ function finding(item) {
 
 /** The validation stage's figures, a column per file role; `reportOf(role)` is that file's report or null. */
 export function tokenReportTable(roles, files, reportOf) {
+  const preference = roles.some((role) => reportOf(role)?.format === "preference");
   const cell = (role, render) => {
     const report = reportOf(role);
     return h("td.num", {}, report ? render(report) : "–");
@@ -98,9 +110,13 @@ export function tokenReportTable(roles, files, reportOf) {
       h(
         "tbody",
         {},
-        REPORT_ROWS.map(([key, label]) => row(label, (report) => formatNumber(report[key]))),
+        (preference ? PREFERENCE_REPORT_ROWS : REPORT_ROWS).map(([key, label]) =>
+          row(label, (report) => formatNumber(report[key])),
+        ),
         row("Longer than max_seq_length", (report) => finding(report.long_examples)),
-        row("Nothing to learn (skipped)", (report) => finding(report.unsupervised_examples)),
+        preference
+          ? row("Dropped for length", (report) => finding(report.dropped_examples))
+          : row("Nothing to learn (skipped)", (report) => finding(report.unsupervised_examples)),
       ),
     ),
   );
