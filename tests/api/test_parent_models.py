@@ -135,3 +135,26 @@ def test_create_records_the_parent_the_inherited_shape_and_serving_warnings(app_
     assert len(warnings) == 1 and "lora_r" in warnings[0]["message"] and "--max-lora-rank 8" in warnings[0]["message"]
     fetched = app_client.get(f"/v1/fine_tuning/jobs/{warned['id']}", headers=auth("alice")).json()
     assert fetched["serving_warnings"] == warned["serving_warnings"] and fetched["parent"] is None
+
+
+def test_a_dpo_job_continues_an_sft_model_and_a_conflict_names_the_dpo_field(app_client, jobs):
+    """SFT then DPO, the common path: a preference file, `method.dpo`, and a fine-tuned model as `model`."""
+    from tests.facts import preference_rows
+
+    content = "".join(json.dumps(row) + "\n" for row in preference_rows()).encode()
+    upload = app_client.post(
+        "/v1/files", headers=auth("alice"), files={"file": ("p.jsonl", content)}, data={"purpose": "fine-tune"}
+    ).json()
+    job_id, name = jobs["done"]
+    dpo = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}
+    response = _create(app_client, upload["id"], model=name, method=dpo)
+    assert response.status_code == 200, response.text
+    job = response.json()
+    assert job["method"]["type"] == "dpo" and job["method"]["dpo"]["hyperparameters"]["beta"] == 0.2
+    assert job["parent"]["job"] == job_id and job["model"] == "loraq-tiny-chat"
+    assert job["method"]["dpo"]["hyperparameters"]["lora_r"] == 8  # the SFT adapter's shape
+
+    conflict = {"type": "dpo", "dpo": {"hyperparameters": {"lora_r": 32}}}
+    refused = _create(app_client, upload["id"], model=name, method=conflict)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "method.dpo.hyperparameters.lora_r"
