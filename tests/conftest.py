@@ -83,11 +83,11 @@ PRODUCTION_VARIANT_SLOW = {
     "tests.security.test_api_fuzz",
     "tests.security.test_malformed_datasets",
 }
-# The e2e modules run on the S3 deployment by default: upload, validation, training, checkpoints, downloads with
-# Range and ETag, and continued training's parent adapter fetched from the bucket
-# (tests/faults/test_object_storage_faults.py adds resumption and outages).
-# The rest of its variants are `slow`: the same API over the same storage interface, already run on the others.
-S3_BY_DEFAULT = {"test_train_and_download.py", "test_continued_training.py"}
+# On the S3 deployment by default: upload, validation, training, checkpoints, downloads with Range and ETag, and
+# continued training from a checkpoint fetched from the bucket (tests/faults/test_object_storage_faults.py adds
+# resumption and outages). Its other variants are `slow`: the same API over the same storage interface, already
+# run on the others.
+S3_BY_DEFAULT = {"test_train_and_download.py", "test_continued_training.py::test_continues_from_a_checkpoint"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects
@@ -95,7 +95,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         callspec = getattr(item, "callspec", None)
         deployment = callspec.params.get("service") if callspec is not None else None
-        if deployment == S3_DEPLOYMENT and item.path.name not in S3_BY_DEFAULT:
+        case = f"{item.path.name}::{item.originalname}"
+        if deployment == S3_DEPLOYMENT and item.path.name not in S3_BY_DEFAULT and case not in S3_BY_DEFAULT:
             item.add_marker(pytest.mark.slow)
         module = item.module.__name__
         if deployment == PRODUCTION and (
