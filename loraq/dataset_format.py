@@ -158,8 +158,11 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(handle, start=1)
 
 
+BLANK = object()  # what _decode returns for a blank line (a line `null` decodes to None, which is an error)
+
+
 def _decode(number: int, raw: bytes) -> Any:
-    """A line's JSON value; None for a blank line; DatasetFormatError when it is not JSON."""
+    """A line's JSON value; BLANK for a blank line; DatasetFormatError when it is not JSON."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -167,7 +170,7 @@ def _decode(number: int, raw: bytes) -> Any:
     if number == 1 and text.startswith("\ufeff"):
         raise DatasetFormatError(number, "starts with a UTF-8 byte-order mark; save the file without a BOM")
     if not text.strip():
-        return None
+        return BLANK
     try:
         return json.loads(text)
     except RecursionError:
@@ -186,7 +189,7 @@ def _checked(number: int, obj: Any, file_format: str) -> dict:
 def parse_line(number: int, raw: bytes, file_format: str = CHAT) -> dict | None:
     """Parse one line of a file of `file_format`; None for a blank line; DatasetFormatError for anything invalid."""
     obj = _decode(number, raw)
-    return None if obj is None else _checked(number, obj, file_format)
+    return None if obj is BLANK else _checked(number, obj, file_format)
 
 
 def check_file(
@@ -201,7 +204,7 @@ def check_file(
             break
         try:
             obj = _decode(number, raw)
-            if obj is None:
+            if obj is BLANK:
                 continue
             file_format = report.format or example_format(obj)
             if file_format is None and isinstance(obj, dict):

@@ -127,7 +127,8 @@ def test_auto_values_take_the_defaults(client):
         ({"seed": -1}, "seed"),
         ({"training_file": "file-nope"}, "training_file"),
         ({"validation_file": "file-nope"}, "validation_file"),
-        ({"method": {"type": "dpo"}}, "method.type"),
+        ({"method": {"type": "reinforcement"}}, "method.type"),
+        ({"method": {"type": "dpo"}}, "training_file"),  # a chat file given to a DPO job
     ],
 )
 def test_bad_job_fields_named(client, body, param):

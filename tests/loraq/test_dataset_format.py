@@ -87,3 +87,8 @@ def test_empty_and_deeply_nested_files(tmp_path):
     nested = b"[" * 100000 + b"]" * 100000 + b"\n"
     report = check_file(write(tmp_path, nested))
     assert report.error_count == 1 and report.errors[0].startswith("line 1:")
+
+
+def test_a_null_line_is_an_error_not_a_blank_line(tmp_path):
+    report = check_file(write(tmp_path, b"null\n\n"))
+    assert report.error_count == 1 and report.errors == ["line 1: expected a JSON object, got NoneType"]
