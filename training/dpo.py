@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
@@ -30,7 +29,7 @@ from training.hardware import pick_precision, use_gradient_checkpointing
 from training.lora import attach_lora
 from training.preference import COLUMNS
 from training.progress import ProgressCallback
-from training.sft import load_model, load_rows, load_tokenizer, with_dataset_hashes
+from training.sft import load_model, load_rows, load_tokenizer, shared_arguments, with_dataset_hashes
 
 
 class PretokenizedDPOTrainer(DPOTrainer):
@@ -86,27 +85,7 @@ def build_dpo_trainer(config: TrainingConfig, model_path: str, callback: Progres
         per_device_train_batch_size=batch,
         per_device_eval_batch_size=hp.batch_size,
         gradient_accumulation_steps=accumulation,
-        activation_checkpointing=checkpointing and not distributed.sharded(config),  # FSDP does its own
-        activation_checkpointing_kwargs={"use_reentrant": False},  # reentrant marks LoRA grads twice under DDP
-        learning_rate=hp.effective_learning_rate,
-        lr_scheduler_type=hp.lr_scheduler_type,
-        warmup_steps=hp.warmup_ratio,  # a float below 1 is a ratio of the total steps in transformers 5
-        optim=precision["optim"],
-        bf16=precision["bf16"],
-        fp16=precision["fp16"],
-        save_strategy="steps",
-        save_steps=hp.save_steps,
-        eval_strategy="steps" if eval_ds is not None else "no",
-        eval_steps=hp.save_steps,
-        logging_steps=hp.logging_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        **distributed.trainer_arguments(config, checkpointing),
+        **shared_arguments(config, precision, checkpointing, evaluating=eval_ds is not None),
     )
     # A new adapter: the base model with it disabled is the reference (no second copy). Continued training (from
     # an SFT model, the common path): TRL keeps a copy of the starting adapter, "ref", as the reference.

@@ -120,6 +120,35 @@ def load_tokenizer(config: TrainingConfig, model_path: str):
     return tokenizer
 
 
+def shared_arguments(config: TrainingConfig, precision: dict, checkpointing: bool, evaluating: bool) -> dict:
+    """The trainer arguments every method sets alike (SFTConfig here, DPOConfig in training.dpo): schedule,
+    precision, checkpoints, evaluation, logging, seeds and the processes' part."""
+    hp = config.hyperparameters
+    return {
+        "activation_checkpointing": checkpointing and not distributed.sharded(config),  # FSDP does its own
+        "activation_checkpointing_kwargs": {"use_reentrant": False},  # reentrant marks LoRA grads twice under DDP
+        "learning_rate": hp.effective_learning_rate,
+        "lr_scheduler_type": hp.lr_scheduler_type,
+        "warmup_steps": hp.warmup_ratio,  # a float below 1 is a ratio of the total steps in transformers 5
+        "optim": precision["optim"],
+        "bf16": precision["bf16"],
+        "fp16": precision["fp16"],
+        "save_strategy": "steps",
+        "save_steps": hp.save_steps,
+        "eval_strategy": "steps" if evaluating else "no",
+        "eval_steps": hp.save_steps,
+        "logging_steps": hp.logging_steps,
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "include_num_input_tokens_seen": "non_padding",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),
+        **distributed.trainer_arguments(config, checkpointing),
+    }
+
+
 def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCallback) -> PackedSFTTrainer:
     config = with_dataset_hashes(config)
     hp = config.hyperparameters
@@ -146,28 +175,8 @@ def build_trainer(config: TrainingConfig, model_path: str, callback: ProgressCal
         per_device_train_batch_size=hp.batch_size * hp.gradient_accumulation_steps // config.nproc_per_node,
         per_device_eval_batch_size=hp.batch_size,
         gradient_accumulation_steps=1,
-        activation_checkpointing=checkpointing and not distributed.sharded(config),  # FSDP does its own (below)
-        activation_checkpointing_kwargs={"use_reentrant": False},  # reentrant marks LoRA grads twice under DDP
-        learning_rate=hp.effective_learning_rate,
-        lr_scheduler_type=hp.lr_scheduler_type,
-        warmup_steps=hp.warmup_ratio,  # a float below 1 is a ratio of the total steps in transformers 5
-        optim=precision["optim"],
-        bf16=precision["bf16"],
-        fp16=precision["fp16"],
-        save_strategy="steps",
-        save_steps=hp.save_steps,
-        eval_strategy="steps" if eval_ds is not None else "no",
-        eval_steps=hp.save_steps,
-        logging_steps=hp.logging_steps,
-        seed=config.seed,
-        data_seed=config.seed,
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        **shared_arguments(config, precision, checkpointing, evaluating=eval_ds is not None),
         dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized, masked and truncated
-        **distributed.trainer_arguments(config, checkpointing),
     )
     model, peft_config = attach_lora(model, config)  # a new adapter, or continued training's (training.lora)
     trainer = PackedSFTTrainer(
