@@ -28,5 +28,12 @@ def page_after(
     return rows[:limit], len(rows) > limit
 
 
+def page(list_class, data: list, has_more: bool):
+    """The OpenAI-style list object `list_class` of one page: its items, whether more follow, and the first and
+    last ids (the next page's `after`)."""
+    first, last = (data[0].id, data[-1].id) if data else (None, None)
+    return list_class(data=data, has_more=has_more, first_id=first, last_id=last)
+
+
 def unknown_cursor(after: str) -> APIError:
     return APIError(400, f"Unknown cursor '{after}'.", param="after", code="invalid_cursor")

@@ -15,7 +15,7 @@ from api.deps import CurrentOwner, FileDep, SessionDep, SettingsDep, after_commi
 from api.downloads import serve_object
 from api.errors import APIError, error_body
 from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
-from api.pagination import page_after
+from api.pagination import page, page_after
 from api.schemas import ID_PATTERN, FileDeleted, FilePublic, FilesPublic
 from api.uploads import receive_upload
 from loraq.dataset_format import CHAT, check_file
@@ -132,9 +132,7 @@ def list_files(
         query = query.where(FileRecord.purpose == purpose)
     rows, has_more = page_after(session, query, FileRecord, after, limit, descending=order == "desc")
     data = [FilePublic.of(r) for r in rows]
-    return FilesPublic(
-        data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
-    )
+    return page(FilesPublic, data, has_more)
 
 
 @router.get("/{file_id}", response_model=FilePublic)

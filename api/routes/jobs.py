@@ -17,7 +17,7 @@ from api.errors import APIError, not_found
 from api.event_stream import STREAM_RESPONSE, open_event_stream
 from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
 from api.job_filters import parse_job_filters
-from api.pagination import page_after, unknown_cursor
+from api.pagination import page, page_after, unknown_cursor
 from api.parent_models import continued_hyperparameters, find_parent
 from api.schemas import (
     ID_PATTERN,
@@ -294,9 +294,7 @@ def list_checkpoints(job: JobDep, session: SessionDep, after: Cursor = None, lim
     query = select(Checkpoint).where(Checkpoint.job_id == job.id)
     rows, has_more = page_after(session, query, Checkpoint, after, limit)
     data = [CheckpointPublic.of(c, job) for c in rows]
-    return CheckpointsPublic(
-        data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
-    )
+    return page(CheckpointsPublic, data, has_more)
 
 
 DOWNLOAD = {"content": {"application/gzip": {}}, "description": "The archive (or the requested range)"}

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from api.deps import CurrentOwner, SessionDep, SettingsDep, WebhookDep, visible_to
 from api.errors import APIError
-from api.pagination import page_after
+from api.pagination import page, page_after
 from api.schemas import ID_PATTERN
 from api.webhook_schemas import (
     WebhookCreate,
@@ -70,9 +70,7 @@ def list_webhooks(session: SessionDep, principal: CurrentOwner, after: Cursor = 
     query = select(WebhookEndpoint).where(visible_to(principal, WebhookEndpoint))
     rows, has_more = page_after(session, query, WebhookEndpoint, after, limit)
     data = [WebhookEndpointPublic.of(e) for e in rows]
-    return WebhookEndpointsPublic(
-        data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
-    )
+    return page(WebhookEndpointsPublic, data, has_more)
 
 
 @router.get("/{webhook_endpoint_id}", response_model=WebhookEndpointPublic)
@@ -94,9 +92,7 @@ def list_deliveries(endpoint: WebhookDep, session: SessionDep, after: Cursor = N
     query = select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id)
     rows, has_more = page_after(session, query, WebhookDelivery, after, limit)
     data = [WebhookDeliveryPublic.of(d) for d in rows]
-    return WebhookDeliveriesPublic(
-        data=data, has_more=has_more, first_id=data[0].id if data else None, last_id=data[-1].id if data else None
-    )
+    return page(WebhookDeliveriesPublic, data, has_more)
 
 
 @event_types_router.get("", response_model=WebhookEventTypes)
