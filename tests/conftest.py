@@ -117,6 +117,17 @@ def service(request, tmp_path_factory, operator_models):
 
 
 @pytest.fixture
+def receiver():
+    """A local HTTP server that records webhook deliveries (tests/webhook_receiver.py)."""
+    from tests.webhook_receiver import WebhookReceiver
+
+    receiver = WebhookReceiver().start()
+    yield receiver
+    receiver.release()
+    receiver.stop()
+
+
+@pytest.fixture
 def client(service):
     with service.client() as c:
         yield c

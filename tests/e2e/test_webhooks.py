@@ -18,17 +18,8 @@ import pytest
 from tests.deployments import loraq
 from tests.e2e.calls import create_job, upload_ok, wait_for
 from tests.facts import chat_rows
-from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def receiver():
-    receiver = WebhookReceiver().start()
-    yield receiver
-    receiver.release()
-    receiver.stop()
 
 
 @contextmanager

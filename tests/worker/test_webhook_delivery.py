@@ -18,18 +18,9 @@ from models import job_state
 from models.base import utcnow
 from models.records import DeliveryStatus, Job, JobStatus, WebhookDelivery, WebhookEndpoint
 from models.session import session_scope
-from tests.webhook_receiver import WebhookReceiver
 from worker.webhook_delivery import MAX_RETRY_DELAY_SECONDS, WebhookSender, next_attempt_at, retry_delay
 
 SECRET = new_secret()
-
-
-@pytest.fixture
-def receiver():
-    receiver = WebhookReceiver().start()
-    yield receiver
-    receiver.release()
-    receiver.stop()
 
 
 @pytest.fixture
