@@ -63,9 +63,13 @@ S3_DEPLOYMENT = "postgres+redis-server+s3"
 # Cases whose production-shape variant adds little to the embedded one's (the same routes, checks and client
 # code; nothing in them differs by database or broker), so that variant runs only with `-m slow`. The cases
 # where the deployments differ keep both in the default run: a trained job end to end and its downloads, the
-# SDK, cancel of running and queued jobs, event streams replayed (LISTEN/NOTIFY on PostgreSQL, polling on
-# SQLite), idempotency keys and limits (unique constraints), owner isolation of every route.
+# SDK, event streams replayed (LISTEN/NOTIFY on PostgreSQL, polling on SQLite), idempotency keys and limits
+# (unique constraints), owner isolation of every route. Cancel and pause are status changes whose rules run on
+# PostgreSQL in tests/models/test_job_state.py (and the fault suite runs on it), so their e2e cases run on the
+# embedded deployment by default.
 PRODUCTION_VARIANT_SLOW = {
+    "tests.e2e.test_cancel::test_cancel_running_then_queued",
+    "tests.e2e.test_pause_resume::test_pause_frees_the_worker_and_resume_continues_exactly",
     "tests.e2e.test_bad_input",
     "tests.e2e.test_validation_stage",
     "tests.e2e.test_continued_training",  # the API is the same; the S3 variant covers fetching the parent

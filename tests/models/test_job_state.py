@@ -1,8 +1,9 @@
-"""The job state machine on a real SQLite database built by the migrations: each change applies only from the
-state it names, so of two actors racing exactly one wins, and every change leaves its event."""
+"""The job state machine on real SQLite and PostgreSQL databases built by the migrations: each change applies
+only from the state it names, so of two actors racing exactly one wins, and every change leaves its event."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -12,20 +13,38 @@ from loraq.migrate import upgrade
 from loraq.settings import Settings
 from models import job_state
 from models.api_keys import Principal
-from models.base import utcnow
+from models.base import Base, utcnow
 from models.job_state import estimate_finish
 from models.records import Job, JobEvent, JobStatus
 from models.session import session_scope
+from tests.servers import PostgresServer
 
 WORKER, OTHER = "node-a:1", "node-b:2"
 VALIDATOR, OTHER_VALIDATOR = "validator@a:3/t0", "validator@b:4/t0"
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def database(request, tmp_path_factory):
+    """Every state change on both databases the service runs on, built by the migrations: the rules are SQL
+    conditions and row claims, and these tests are where PostgreSQL's answers to them are checked (the e2e
+    pause and cancel cases run on the embedded deployment only by default)."""
+    if request.param == "sqlite":
+        url = Settings(data_dir=tmp_path_factory.mktemp("state")).resolved_database_url
+        upgrade(url)
+        yield url
+        return
+    server = PostgresServer().start()
+    upgrade(server.url)
+    yield server.url
+    server.stop()
+
+
 @pytest.fixture
-def db(tmp_path) -> str:
-    settings = Settings(data_dir=tmp_path)
-    upgrade(settings.resolved_database_url)
-    return settings.resolved_database_url
+def db(database) -> Iterator[str]:
+    yield database
+    with session_scope(database) as session:  # a clean slate for the next test on this database
+        for table in reversed(Base.metadata.sorted_tables):
+            session.execute(table.delete())
 
 
 def new_job(db: str, job_id: str = "ftjob-state0000000000000000000") -> str:
