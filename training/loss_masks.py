@@ -186,32 +186,17 @@ def encode_with_masks(tokenizer, conversations: list[list[dict]], train_on_input
         except MaskError as exc:
             exc.index = index  # type: ignore[attr-defined]
             raise
-    ids, offsets = encode_batch(tokenizer, texts, with_offsets=not train_on_inputs)
-    if train_on_inputs:
-        return [(row, row.copy()) for row in ids]
-    return [
-        (row, span_labels(row, _offsets_array(found_offsets), found))
-        for row, found_offsets, found in zip(ids, offsets, spans, strict=True)
-    ]
-
-
-def encode_batch(tokenizer, texts: list[str], with_offsets: bool) -> tuple[list[np.ndarray], list[Any]]:
-    """Token ids (int64 arrays) of `texts` without added special tokens, and each text's character offsets
-    when asked: the same Rust call `tokenizer(texts, ...)` makes, made directly on a fast tokenizer's backend.
-    That skips transformers' conversion of every encoding into dicts of lists (a third to a half of the
-    validation stage's time on this machine, `bench/data_scale.py`). A slow tokenizer, or a backend set to
-    truncate or pad (which `tokenizer(...)` would turn off first), goes through `tokenizer(...)`."""
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-    if backend is not None and backend.truncation is None and backend.padding is None:
-        encodings = backend.encode_batch(texts, add_special_tokens=False)
-        ids = [np.asarray(encoding.ids, dtype=np.int64) for encoding in encodings]
-        return ids, [encoding.offsets for encoding in encodings] if with_offsets else []
     encoded = tokenizer(
-        texts, add_special_tokens=False, return_offsets_mapping=with_offsets,
+        texts, add_special_tokens=False, return_offsets_mapping=not train_on_inputs,
         return_attention_mask=False, return_token_type_ids=False, verbose=False,  # long rows are reported, not warned
     )  # fmt: skip
     ids = [np.asarray(row, dtype=np.int64) for row in encoded["input_ids"]]
-    return ids, encoded["offset_mapping"] if with_offsets else []
+    if train_on_inputs:
+        return [(row, row.copy()) for row in ids]
+    return [
+        (row, span_labels(row, _offsets_array(offsets), found))
+        for row, offsets, found in zip(ids, encoded["offset_mapping"], spans, strict=True)
+    ]
 
 
 def _offsets_array(offsets: list[tuple[int, int]]) -> np.ndarray:

@@ -20,7 +20,6 @@ from training.dataset import tokenized_lines
 from training.loss_masks import (
     MaskError,
     ReplyMarkers,
-    encode_batch,
     encode_with_masks,
     reply_markers,
     supervised_count,
@@ -264,20 +263,3 @@ def test_training_memory_maps_the_copy_and_records_the_given_sha256(tmp_path):
     assert sorted(p.name for p in (tmp_path / "tokenized").iterdir()) == sorted(
         [validated.path.name, f"{validated.path.stem}.json"]
     )  # the validation stage's copy, reused: nothing written beside it
-
-
-def test_the_direct_backend_call_gives_what_the_tokenizer_call_gives():
-    # encode_batch calls the fast tokenizer's Rust backend directly; a backend set to truncate goes through
-    # tokenizer(...), which turns truncation off, so both give the whole rows with the same offsets.
-    tokenizer = tokenizer_with(QWEN25_TEMPLATE)
-    texts = tokenizer.apply_chat_template(CONVERSATIONS, tokenize=False)
-    reference = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-    for truncating in (False, True):
-        if truncating:
-            tokenizer.backend_tokenizer.enable_truncation(max_length=8)
-        ids, offsets = encode_batch(tokenizer, texts, with_offsets=True)
-        assert [row.tolist() for row in ids] == reference["input_ids"]
-        assert [list(map(tuple, row)) for row in offsets] == [
-            list(map(tuple, row)) for row in reference["offset_mapping"]
-        ]
-        assert encode_batch(tokenizer, texts, with_offsets=False)[1] == []
