@@ -21,7 +21,7 @@ BODY = json.dumps({"object": "event", "id": "evt_1", "type": "fine_tuning.job.su
 def test_signatures_verify_with_the_openai_sdk_and_by_the_spec():
     secret = new_secret()
     assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
-    headers = signed_headers(secret, "msg_abc", BODY)
+    headers = signed_headers([secret], "msg_abc", BODY)
     event = openai.OpenAI(api_key="unused").webhooks.unwrap(BODY, headers, secret=secret)
     assert event.type == "fine_tuning.job.succeeded" and event.data.id == "ftjob-1"
 
