@@ -1,5 +1,6 @@
 """Webhook endpoint routes, in process on a real SQLite database: registration (the secret shown once), the
-URL rules (400 naming `url`), event types, listing, deletion, and owner isolation (another owner gets 404)."""
+URL rules (400 naming `url`), event types, listing, deletion, and owner isolation (another owner gets 404).
+The SDK's update, rotate_secret and test are in test_webhook_sdk.py."""
 
 from __future__ import annotations
 
@@ -64,8 +65,10 @@ def test_internal_urls_unknown_events_and_fields_are_a_400_naming_them(app_clien
 
 def test_another_owners_endpoint_is_a_404(app_client):
     created = app_client.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=auth("alice")).json()
-    for method, path in [("GET", ""), ("GET", "/deliveries"), ("DELETE", "")]:
-        response = app_client.request(method, f"/v1/webhooks/{created['id']}{path}", headers=auth("bob"))
+    calls = [("GET", "", None), ("GET", "/deliveries", None), ("DELETE", "", None), ("POST", "", {"name": "x"}),
+             ("POST", "/rotate_secret", {}), ("POST", "/test", {"event_type": "fine_tuning.job.failed"})]  # fmt: skip
+    for method, path, body in calls:
+        response = app_client.request(method, f"/v1/webhooks/{created['id']}{path}", json=body, headers=auth("bob"))
         assert response.status_code == 404 and response.json()["error"]["code"] == "webhook_endpoint_not_found"
     assert app_client.get("/v1/webhooks", headers=auth("bob")).json()["data"] == []
     assert app_client.get(f"/v1/webhooks/{created['id']}", headers=auth("alice")).status_code == 200

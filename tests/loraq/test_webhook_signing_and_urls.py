@@ -36,6 +36,21 @@ def test_signatures_verify_with_the_openai_sdk_and_by_the_spec():
         openai.OpenAI(api_key="unused").webhooks.unwrap(BODY, headers, secret=new_secret())
 
 
+def test_several_secrets_give_one_signature_each_and_either_verifies():
+    old, new, other = new_secret(), new_secret(), new_secret()
+    headers = signed_headers([new, old], "msg_abc", BODY)
+    signatures = headers["webhook-signature"].split(" ")
+    assert signatures == [sign(new, "msg_abc", int(headers["webhook-timestamp"]), BODY),
+                          sign(old, "msg_abc", int(headers["webhook-timestamp"]), BODY)]  # fmt: skip
+    webhooks = openai.OpenAI(api_key="unused").webhooks
+    for secret in (old, new):
+        assert webhooks.unwrap(BODY, headers, secret=secret).data.id == "ftjob-1"
+    with pytest.raises(openai.InvalidWebhookSignatureError):
+        webhooks.unwrap(BODY, headers, secret=other)
+    with pytest.raises(ValueError, match="at least one"):
+        signed_headers([], "msg_abc", BODY)
+
+
 def test_the_signature_covers_id_and_timestamp():
     secret = new_secret()
     assert sign(secret, "msg_a", 100, BODY) != sign(secret, "msg_b", 100, BODY) != sign(secret, "msg_a", 101, BODY)
