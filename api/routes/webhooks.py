@@ -11,11 +11,13 @@ update, rotate_secret, test), and at /v1/webhooks, loraq's older name for the sa
   time with the secrets active then, so this applies to deliveries already waiting in the outbox too.
 - test: the API itself sends a sample event (about SAMPLE_JOB_ID) through the worker's code path
   (loraq.webhook_attempts: the URL rules, the signatures), with a short timeout, because the SDK expects the
-  receiver's answer in the response; the attempt is logged with the endpoint's deliveries.
+  receiver's answer in the response; the attempt is logged with the endpoint's deliveries. At most
+  TESTS_AT_ONCE per API process, since each holds a thread while it waits (one more is a 429).
 """
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Annotated
 
@@ -56,6 +58,10 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(pattern=ID_PATTERN)]
 KEEP_OLD_SECRET_FOR = timedelta(hours=24)
 TEST_TIMEOUT_SECONDS = 5.0  # at most: the caller waits for the receiver's answer
+# A test holds one of the API's few threads (LORAQ_API_THREADS) while the receiver answers: at most this many
+# at once per API process, so that a slow receiver cannot take the threads every other request needs.
+TESTS_AT_ONCE = 2
+_test_slots = threading.BoundedSemaphore(TESTS_AT_ONCE)
 
 
 def check_url(url: str, settings: Settings) -> None:
@@ -139,12 +145,19 @@ def rotate_webhook_secret(endpoint: WebhookDep, session: SessionDep, body: Webho
 @router.post("/{webhook_endpoint_id}/test", response_model=WebhookEndpointTestResult)
 def test_webhook(endpoint: WebhookDep, body: WebhookTestRequest, session: SessionDep, settings: SettingsDep):
     """Send a sample event of `event_type` now and report the receiver's HTTP status; logged as a delivery."""
+    if not _test_slots.acquire(blocking=False):
+        raise APIError(429, f"{TESTS_AT_ONCE} webhook tests are in progress already; try again in a few seconds.",
+                       code="too_many_webhook_tests", headers={"Retry-After": "5"})  # fmt: skip
     now = utcnow()
     message_id, payload = sample_event(body.event_type, now)
-    with attempt_client(min(settings.webhook_timeout_seconds, TEST_TIMEOUT_SECONDS)) as client:
-        attempt = attempt_delivery(
-            client, endpoint.url, endpoint.signing_secrets(now), message_id, payload, settings.webhook_allowed_host_set
-        )
+    try:
+        with attempt_client(min(settings.webhook_timeout_seconds, TEST_TIMEOUT_SECONDS)) as client:
+            attempt = attempt_delivery(
+                client, endpoint.url, endpoint.signing_secrets(now), message_id, payload,
+                settings.webhook_allowed_host_set,
+            )  # fmt: skip
+    finally:
+        _test_slots.release()
     record_test_delivery(session, endpoint.id, message_id, payload, now, attempt.status_code, attempt.error)
     # No HTTP answer, so no result to report: a 400 (not a 5xx, which the SDK would retry), returned rather than
     # raised so that the failed attempt stays in the log.

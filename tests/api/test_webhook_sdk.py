@@ -16,6 +16,7 @@ import uvicorn
 from sqlalchemy import select, update
 
 from api.app import create_app
+from api.routes.webhooks import TESTS_AT_ONCE
 from loraq.settings import Settings
 from loraq.webhook_signing import new_secret
 from models import job_state
@@ -248,3 +249,25 @@ def test_a_test_event_loraq_never_sends_or_an_unreachable_receiver_is_a_400(sdk,
         rows = session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.seq)).all()
         assert [(r.status, r.last_status_code, r.job_id) for r in rows] == [(DeliveryStatus.failed, None, None)] * 2
         assert "ConnectError" in (rows[0].last_error or "") and "must use https://" in (rows[1].last_error or "")
+
+
+def test_tests_waiting_for_their_receiver_are_limited_and_one_more_is_a_429(sdk, receiver):
+    endpoint = sdk.webhooks.create(url=receiver.url, name="ci", event_types=[CANCELLED])
+    receiver.hold()  # each test's request stays open, holding its slot
+    results: list[int] = []
+
+    def send_a_test() -> None:
+        results.append(sdk.webhooks.test(endpoint.id, event_type=CANCELLED).status_code)
+
+    threads = [threading.Thread(target=send_a_test) for _ in range(TESTS_AT_ONCE)]
+    for thread in threads:
+        thread.start()
+    receiver.wait_until(lambda: len(receiver.received()) == TESTS_AT_ONCE, timeout=30, what="the held tests")
+    with pytest.raises(openai.RateLimitError) as raised:
+        sdk.webhooks.test(endpoint.id, event_type=CANCELLED)
+    assert raised.value.code == "too_many_webhook_tests"
+    receiver.release()
+    for thread in threads:
+        thread.join(30)
+    assert results == [200] * TESTS_AT_ONCE
+    assert sdk.webhooks.test(endpoint.id, event_type=CANCELLED).status_code == 200  # the slots are free again
