@@ -22,10 +22,12 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
 from api.deps import CurrentOwner, SessionDep, SettingsDep, WebhookDep, visible_to
 from api.errors import APIError, error_response
+from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
 from api.pagination import page, page_after
 from api.schemas import ID_PATTERN
 from api.webhook_schemas import (
@@ -129,21 +131,34 @@ def update_webhook(endpoint: WebhookDep, body: WebhookUpdate, session: SessionDe
 
 
 @router.post("/{webhook_endpoint_id}/rotate_secret", response_model=WebhookEndpointWithSecret)
-def rotate_webhook_secret(endpoint: WebhookDep, session: SessionDep, body: WebhookSecretRotation | None = None):
+def rotate_webhook_secret(
+    endpoint: WebhookDep, session: SessionDep, principal: CurrentOwner, body: WebhookSecretRotation | None = None,
+    idempotency_key: IdempotencyKey = None,
+):  # fmt: skip
     """A new signing secret, shown this once; the old one signs too for 24 hours if asked, else stops now. Only
     the secret just replaced is kept: a second rotation ends the first one's grace period."""
-    now = utcnow()
     keep_old = body is not None and body.keep_old_secret_active_for_24_hours
+    record = None
+    if idempotency_key:  # the SDK sends one and retries with it: a retry must not rotate (and drop a secret) again
+        claimed = claim_key(
+            session, principal.owner, "webhook_rotate_secret", idempotency_key, fingerprint(endpoint.id, keep_old)
+        )
+        if isinstance(claimed, JSONResponse):
+            return claimed
+        record = claimed
+    now = utcnow()
     endpoint.previous_secret = endpoint.secret if keep_old else None
     endpoint.previous_secret_expires_at = now + KEEP_OLD_SECRET_FOR if keep_old else None
     endpoint.secret = new_secret()
     endpoint.updated_at = now
     session.flush()
-    return WebhookEndpointWithSecret.of(endpoint)
+    public = WebhookEndpointWithSecret.of(endpoint)
+    complete(record, 200, public.model_dump(mode="json"))
+    return public
 
 
 @router.post("/{webhook_endpoint_id}/test", response_model=WebhookEndpointTestResult)
-def test_webhook(endpoint: WebhookDep, body: WebhookTestRequest, session: SessionDep, settings: SettingsDep):
+def send_test_event(endpoint: WebhookDep, body: WebhookTestRequest, session: SessionDep, settings: SettingsDep):
     """Send a sample event of `event_type` now and report the receiver's HTTP status; logged as a delivery."""
     if not _test_slots.acquire(blocking=False):
         raise APIError(429, f"{TESTS_AT_ONCE} webhook tests are in progress already; try again in a few seconds.",

@@ -197,6 +197,23 @@ def test_a_second_rotation_ends_the_first_ones_grace_period(sdk, settings, recei
     assert not verifies(body, headers, endpoint.signing_secret)
 
 
+def test_a_retried_rotation_replays_its_answer_instead_of_rotating_again(sdk, receiver):
+    endpoint = sdk.webhooks.create(url=receiver.url, name="ci", event_types=[CANCELLED])
+
+    def rotate(key: str):
+        return sdk.webhooks.with_raw_response.rotate_secret(
+            endpoint.id, keep_old_secret_active_for_24_hours=True, extra_headers={"Idempotency-Key": key}
+        )
+
+    first, retried = rotate("rotation-1"), rotate("rotation-1")  # as the SDK retries after a lost answer
+    assert retried.headers.get("idempotent-replayed") == "true"
+    assert retried.parse().signing_secret == first.parse().signing_secret
+    sdk.webhooks.test(endpoint.id, event_type=CANCELLED)
+    ((headers, body),) = receiver.received()  # the secret from before the rotation is still kept
+    assert verifies(body, headers, endpoint.signing_secret) and verifies(body, headers, first.parse().signing_secret)
+    assert rotate("rotation-2").parse().signing_secret != first.parse().signing_secret
+
+
 # ---------------------------------------------------------------------------------------------- test
 def test_a_test_event_is_sent_signed_and_reports_the_receivers_status(sdk, base_url, settings, receiver):
     endpoint = sdk.webhooks.create(url=receiver.url, name="ci", event_types=[CANCELLED])

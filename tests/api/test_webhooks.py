@@ -88,3 +88,16 @@ def test_the_event_types_loraq_sends(app_client):
     assert listed == {"object": "list", "data": ["fine_tuning.job.succeeded", "fine_tuning.job.failed",
                                                   "fine_tuning.job.cancelled", "fine_tuning.job.paused"]}  # fmt: skip
     assert app_client.get("/v1/webhook_event_types").status_code == 401
+
+
+def test_rotate_secret_takes_no_body_and_names_a_bad_field(app_client):
+    created = app_client.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=auth("alice")).json()
+    path = f"/v1/webhook_endpoints/{created['id']}/rotate_secret"
+    rotated = app_client.post(path, headers=auth("alice")).json()
+    assert rotated["signing_secret"] not in ("", created["signing_secret"]) and rotated["id"] == created["id"]
+    for body, param in [({"keep_old_secret_active_for_24_hours": "later"}, "keep_old_secret_active_for_24_hours"),
+                        ({"keep_old": True}, "keep_old")]:  # fmt: skip
+        response = app_client.post(path, json=body, headers=auth("alice"))
+        assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+    test = app_client.post(f"/v1/webhook_endpoints/{created['id']}/test", json={}, headers=auth("alice"))
+    assert test.status_code == 400 and test.json()["error"]["param"] == "event_type"
