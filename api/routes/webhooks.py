@@ -113,8 +113,11 @@ def retrieve_webhook(endpoint: WebhookDep):
 
 
 @router.post("/{webhook_endpoint_id}", response_model=WebhookEndpointPublic)
-def update_webhook(endpoint: WebhookDep, body: WebhookUpdate, session: SessionDep, settings: SettingsDep):
+def update_webhook(
+    endpoint: WebhookDep, session: SessionDep, settings: SettingsDep, body: WebhookUpdate | None = None
+):  # fmt: skip
     """Change an endpoint's URL, event types or name (the fields given); `updated_at` moves only on a change."""
+    body = body or WebhookUpdate()
     if body.url is not None:
         check_url(body.url, settings)
     changes = {field: getattr(body, field) for field in body.model_fields_set}

@@ -90,7 +90,7 @@ def test_the_event_types_loraq_sends(app_client):
     assert app_client.get("/v1/webhook_event_types").status_code == 401
 
 
-def test_rotate_secret_takes_no_body_and_names_a_bad_field(app_client):
+def test_update_and_rotate_secret_take_no_body_and_bad_fields_are_named(app_client):
     created = app_client.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=auth("alice")).json()
     path = f"/v1/webhook_endpoints/{created['id']}/rotate_secret"
     rotated = app_client.post(path, headers=auth("alice")).json()
@@ -99,5 +99,7 @@ def test_rotate_secret_takes_no_body_and_names_a_bad_field(app_client):
                         ({"keep_old": True}, "keep_old")]:  # fmt: skip
         response = app_client.post(path, json=body, headers=auth("alice"))
         assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+    unchanged = app_client.post(f"/v1/webhook_endpoints/{created['id']}", headers=auth("alice"))  # no body
+    assert unchanged.status_code == 200 and unchanged.json()["url"] == PUBLIC_URL
     test = app_client.post(f"/v1/webhook_endpoints/{created['id']}/test", json={}, headers=auth("alice"))
     assert test.status_code == 400 and test.json()["error"]["param"] == "event_type"
