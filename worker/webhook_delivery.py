@@ -2,10 +2,10 @@
 
 Per row: claim it under a lease, read the endpoint's URL and secrets as they are now (an update or a secret
 rotation since the event applies to it), check the URL again (DNS may have changed since registration) and
-connect to the address that was checked, POST the stored body signed for this attempt
-(loraq.webhook_attempts), then record a 2xx as delivered
-(it is never sent again) or schedule a retry with exponential backoff and jitter, until
-`webhook_retry_for_seconds` after the event, when the row is given up (`failed`). A worker killed mid-request
+connect to the address that was checked, POST the stored body signed for this attempt (loraq.webhook_attempts,
+which the API's test route uses too), then record a 2xx as delivered (it is never sent again) or schedule a
+retry with exponential backoff and jitter, until `webhook_retry_for_seconds` after the event, when the row is
+given up (`failed`). A worker killed mid-request
 leaves a lease that runs out; another worker then sends the same message again, with the same `webhook-id`:
 delivery is at-least-once, and receivers deduplicate on that id, as the Standard Webhooks spec asks.
 """
