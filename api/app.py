@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router, responses=error_responses(400, 401, 404, 413, 500))
     app.include_router(jobs.router, responses=error_responses(400, 401, 404, 429, 500))
     app.include_router(models.router, responses=error_responses(400, 401, 404, 500))
-    app.include_router(webhooks.router, prefix=webhooks.PREFIX, responses=error_responses(400, 401, 404, 500))
+    app.include_router(webhooks.router, prefix=webhooks.PREFIX, responses=error_responses(400, 401, 404, 429, 500))
     app.include_router(webhooks.router, prefix=webhooks.OTHER_PREFIX, include_in_schema=False)
     app.include_router(webhooks.event_types_router, responses=error_responses(401, 500))
     install_dashboard(app)

@@ -56,11 +56,17 @@ def _location(loc: tuple) -> str | None:
     return ".".join(parts) or None
 
 
+def error_response(exc: APIError) -> JSONResponse:
+    """The answer for `exc`. A route returns it, instead of raising, when its transaction must commit anyway
+    (raising rolls back): e.g. to keep the log of an attempt that failed."""
+    body = error_body(exc.status, exc.message, exc.param, exc.code, **exc.extra)
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError):
-        body = error_body(exc.status, exc.message, exc.param, exc.code, **exc.extra)
-        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):

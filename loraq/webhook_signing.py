@@ -3,6 +3,8 @@
 Each endpoint has a secret `whsec_<base64 of 32 random bytes>`. A delivery carries `webhook-id` (the message
 id, the same on every attempt), `webhook-timestamp` (Unix seconds of this attempt) and
 `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}" keyed with the decoded secret>`.
+While a rotated-out secret is kept active (`rotate_secret` with keep-old), a delivery carries one signature per
+active secret, space-separated, as the spec allows: a receiver holding either secret verifies it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Sequence
 
 SECRET_PREFIX = "whsec_"
 
@@ -31,12 +34,16 @@ def sign(secret: str, message_id: str, timestamp: int, body: str) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def signed_headers(secret: str, message_id: str, body: str, timestamp: int | None = None) -> dict[str, str]:
-    """The headers of one delivery attempt."""
+def signed_headers(
+    signing_secrets: Sequence[str], message_id: str, body: str, timestamp: int | None = None
+) -> dict[str, str]:
+    """The headers of one delivery attempt, signed with each of the endpoint's active secrets."""
+    if not signing_secrets:
+        raise ValueError("a delivery needs at least one signing secret")
     timestamp = int(time.time()) if timestamp is None else timestamp
     return {
         "content-type": "application/json",
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, message_id, timestamp, body),
+        "webhook-signature": " ".join(sign(secret, message_id, timestamp, body) for secret in signing_secrets),
     }

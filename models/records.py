@@ -212,8 +212,19 @@ class WebhookEndpoint(Base):
     event_types: Mapped[list[str]] = mapped_column(JSON)
     # `whsec_<base64>`: kept as is, since every delivery is signed with it (it cannot be a hash).
     secret: Mapped[str] = mapped_column(String(128))
+    # The secret a rotation replaced, while it stays active beside the new one (`keep_old_secret_active_…`).
+    previous_secret: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The secrets a delivery sent at `now` is signed with: the current one, and the rotated-out one while it
+        is kept active (each gives one signature in `webhook-signature`; receivers accept any that matches)."""
+        expires = self.previous_secret_expires_at
+        if self.previous_secret and expires is not None and now < expires:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
 
 
 class WebhookDelivery(Base):
@@ -228,7 +239,8 @@ class WebhookDelivery(Base):
     endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
     event_id: Mapped[str] = mapped_column(String(40), index=True)
     event_type: Mapped[str] = mapped_column(String(64))
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    # None for a test event (`POST /webhook_endpoints/{id}/test`), which names a sample job, not a real one.
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=True, index=True)
     # The exact body sent on every attempt (the signature covers these bytes).
     payload: Mapped[str] = mapped_column(Text)
     status: Mapped[DeliveryStatus] = mapped_column(_enum(DeliveryStatus, "webhook_delivery_status"))

@@ -1,6 +1,7 @@
 """The webhook outbox: job status events written beside the status change, and the delivery protocol's steps.
 
     job_state._transition ──(same transaction)──▶ queue_job_event: one pending row per matching endpoint
+    api: record_test_delivery (a sample event the API sent itself: one attempt, already final, never claimed)
     worker: claim_delivery (a conditional UPDATE: pending, due, no live lease) ──▶ POST
             ──▶ mark_delivered (2xx: never sent again) | record_failed_attempt (retry later, or give up)
 
@@ -31,6 +32,8 @@ EVENT_TYPES = (
     "fine_tuning.job.paused",
 )
 _ALPHABET = string.ascii_letters + string.digits
+# The job a test event names: never a real job's id (those are `ftjob-` and 24 letters and digits).
+SAMPLE_JOB_ID = "ftjob-webhook_test_sample"
 
 
 def event_type_for(status: str) -> str | None:
@@ -71,6 +74,39 @@ def queue_job_event(session: Session, job_id: str, status: str) -> int:
             payload=body, status=DeliveryStatus.pending, attempts=0, next_attempt_at=now, created_at=now,
         ))  # fmt: skip
     return len(rows)
+
+
+def sample_event(event_type: str, now: datetime) -> tuple[str, str]:
+    """A test event of `event_type` about SAMPLE_JOB_ID: its message id (`webhook-id`) and body."""
+    return _token("msg"), event_body(_token("evt"), event_type, SAMPLE_JOB_ID, now)
+
+
+def record_test_delivery(
+    session: Session, endpoint_id: str, message_id: str, body: str, attempted_at: datetime,
+    status_code: int | None, error: str | None,
+) -> None:  # fmt: skip
+    """Log a test event the API sent itself (one attempt; `error` None for a 2xx). It is final, delivered or
+    failed, so no worker claims it; its `job_id` is empty, since the sample job does not exist."""
+    event = json.loads(body)
+    delivered = error is None
+    session.add(WebhookDelivery(
+        id=message_id, endpoint_id=endpoint_id, event_id=event["id"], event_type=event["type"], job_id=None,
+        payload=body, status=DeliveryStatus.delivered if delivered else DeliveryStatus.failed, attempts=1,
+        last_attempt_at=attempted_at, last_status_code=status_code, last_error=error[:1000] if error else None,
+        delivered_at=utcnow() if delivered else None, next_attempt_at=None, created_at=attempted_at,
+    ))  # fmt: skip
+
+
+def make_pending_due(session: Session, endpoint_id: str) -> int:
+    """The endpoint's pending deliveries are due now (its URL changed: a retry need not wait out a backoff meant
+    for the old one). Returns how many."""
+    result = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.endpoint_id == endpoint_id, WebhookDelivery.status == DeliveryStatus.pending)
+        .values(next_attempt_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount  # type: ignore[attr-defined]  # a CursorResult for UPDATE statements
 
 
 # ---------------------------------------------------------------------------------------------- delivery

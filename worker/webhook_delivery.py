@@ -1,9 +1,11 @@
 """Webhook delivery: a thread in every worker process sends the outbox's due rows (models.webhook_outbox).
 
-Per row: claim it under a lease, check its URL again (DNS may have changed since registration) and connect to
-the address that was checked, POST the stored body signed for this attempt, then record a 2xx as delivered
-(it is never sent again) or schedule a retry with exponential backoff and jitter, until
-`webhook_retry_for_seconds` after the event, when the row is given up (`failed`). A worker killed mid-request
+Per row: claim it under a lease, read the endpoint's URL and secrets as they are now (an update or a secret
+rotation since the event applies to it), check the URL again (DNS may have changed since registration) and
+connect to the address that was checked, POST the stored body signed for this attempt (loraq.webhook_attempts,
+which the API's test route uses too), then record a 2xx as delivered (it is never sent again) or schedule a
+retry with exponential backoff and jitter, until `webhook_retry_for_seconds` after the event, when the row is
+given up (`failed`). A worker killed mid-request
 leaves a lease that runs out; another worker then sends the same message again, with the same `webhook-id`:
 delivery is at-least-once, and receivers deduplicate on that id, as the Standard Webhooks spec asks.
 """
@@ -15,15 +17,12 @@ import os
 import random
 import socket
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import httpx
 from sqlalchemy import select
 
 from loraq.settings import Settings
-from loraq.webhook_signing import signed_headers
-from loraq.webhook_urls import WebhookURLError, checked_address
+from loraq.webhook_attempts import attempt_client, attempt_delivery
 from models import WebhookEndpoint, utcnow
 from models.session import session_scope
 from models.webhook_outbox import claim_delivery, mark_delivered, record_failed_attempt
@@ -55,25 +54,13 @@ def delivery_lease_seconds(settings: Settings) -> float:
     return 3 * settings.webhook_timeout_seconds + 5
 
 
-@dataclass
-class Attempt:
-    status_code: int | None
-    error: str | None  # None: a 2xx
-
-    @property
-    def delivered(self) -> bool:
-        return self.error is None
-
-
 class WebhookSender:
     """Claims and sends due deliveries, one at a time."""
 
     def __init__(self, settings: Settings, worker_id: str):
         self.settings, self.worker_id = settings, worker_id
         self.db = settings.resolved_database_url
-        # No redirects (a 3xx is a failed attempt: following one could lead anywhere), no proxy from the
-        # environment (it would connect to the checked address through someone else).
-        self.client = httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False, trust_env=False)
+        self.client = attempt_client(settings.webhook_timeout_seconds)
 
     def send_next(self) -> bool:
         """Deliver one due row; False if none is due."""
@@ -81,13 +68,16 @@ class WebhookSender:
             delivery = claim_delivery(session, self.worker_id, delivery_lease_seconds(self.settings))
             if delivery is None:
                 return False
-            endpoint = session.execute(
-                select(WebhookEndpoint.url, WebhookEndpoint.secret).where(WebhookEndpoint.id == delivery.endpoint_id)
+            endpoint = session.scalars(
+                select(WebhookEndpoint).where(WebhookEndpoint.id == delivery.endpoint_id)
             ).one_or_none()
         if endpoint is None:
             return True  # deleted meanwhile, and its deliveries with it
-        url, secret = endpoint
-        attempt = self.attempt(url, secret, delivery.id, delivery.payload)
+        url = endpoint.url
+        attempt = attempt_delivery(
+            self.client, url, endpoint.signing_secrets(utcnow()), delivery.id, delivery.payload,
+            self.settings.webhook_allowed_host_set,
+        )  # fmt: skip
         with session_scope(self.db) as session:
             if attempt.delivered:
                 mark_delivered(session, delivery.id, attempt.status_code or 200)
@@ -99,25 +89,6 @@ class WebhookSender:
                 logger.info("webhook %s to %s: attempt %d failed (%s); %s", delivery.id, url, delivery.attempts,
                             attempt.error, f"retry at {retry_at:%H:%M:%S}" if retry_at else "giving up")  # fmt: skip
         return True
-
-    def attempt(self, url: str, secret: str, message_id: str, body: str) -> Attempt:
-        try:
-            address = checked_address(url, self.settings.webhook_allowed_host_set)
-        except WebhookURLError as exc:
-            return Attempt(None, str(exc))
-        target = httpx.URL(url)
-        headers = {**signed_headers(secret, message_id, body), "host": target.netloc.decode("ascii"),
-                   "user-agent": "loraq-webhooks"}  # fmt: skip
-        # Connect to the checked address; TLS still verifies the certificate against the URL's host name.
-        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        try:
-            with self.client.stream(
-                "POST", target.copy_with(host=address), content=body.encode(), headers=headers, extensions=extensions
-            ) as response:  # the answer's body is never read
-                code = response.status_code
-        except (httpx.HTTPError, OSError) as exc:
-            return Attempt(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-        return Attempt(code, None if 200 <= code < 300 else f"HTTP {code}")
 
 
 def start_webhook_thread(settings: Settings) -> threading.Event:

@@ -1,5 +1,6 @@
 """Webhook endpoint routes, in process on a real SQLite database: registration (the secret shown once), the
-URL rules (400 naming `url`), event types, listing, deletion, and owner isolation (another owner gets 404)."""
+URL rules (400 naming `url`), event types, listing, deletion, and owner isolation (another owner gets 404).
+The SDK's update, rotate_secret and test are in test_webhook_sdk.py."""
 
 from __future__ import annotations
 
@@ -64,8 +65,10 @@ def test_internal_urls_unknown_events_and_fields_are_a_400_naming_them(app_clien
 
 def test_another_owners_endpoint_is_a_404(app_client):
     created = app_client.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=auth("alice")).json()
-    for method, path in [("GET", ""), ("GET", "/deliveries"), ("DELETE", "")]:
-        response = app_client.request(method, f"/v1/webhooks/{created['id']}{path}", headers=auth("bob"))
+    calls = [("GET", "", None), ("GET", "/deliveries", None), ("DELETE", "", None), ("POST", "", {"name": "x"}),
+             ("POST", "/rotate_secret", {}), ("POST", "/test", {"event_type": "fine_tuning.job.failed"})]  # fmt: skip
+    for method, path, body in calls:
+        response = app_client.request(method, f"/v1/webhooks/{created['id']}{path}", json=body, headers=auth("bob"))
         assert response.status_code == 404 and response.json()["error"]["code"] == "webhook_endpoint_not_found"
     assert app_client.get("/v1/webhooks", headers=auth("bob")).json()["data"] == []
     assert app_client.get(f"/v1/webhooks/{created['id']}", headers=auth("alice")).status_code == 200
@@ -85,3 +88,18 @@ def test_the_event_types_loraq_sends(app_client):
     assert listed == {"object": "list", "data": ["fine_tuning.job.succeeded", "fine_tuning.job.failed",
                                                   "fine_tuning.job.cancelled", "fine_tuning.job.paused"]}  # fmt: skip
     assert app_client.get("/v1/webhook_event_types").status_code == 401
+
+
+def test_update_and_rotate_secret_take_no_body_and_bad_fields_are_named(app_client):
+    created = app_client.post("/v1/webhooks", json={"url": PUBLIC_URL}, headers=auth("alice")).json()
+    path = f"/v1/webhook_endpoints/{created['id']}/rotate_secret"
+    rotated = app_client.post(path, headers=auth("alice")).json()
+    assert rotated["signing_secret"] not in ("", created["signing_secret"]) and rotated["id"] == created["id"]
+    for body, param in [({"keep_old_secret_active_for_24_hours": "later"}, "keep_old_secret_active_for_24_hours"),
+                        ({"keep_old": True}, "keep_old")]:  # fmt: skip
+        response = app_client.post(path, json=body, headers=auth("alice"))
+        assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+    unchanged = app_client.post(f"/v1/webhook_endpoints/{created['id']}", headers=auth("alice"))  # no body
+    assert unchanged.status_code == 200 and unchanged.json()["url"] == PUBLIC_URL
+    test = app_client.post(f"/v1/webhook_endpoints/{created['id']}/test", json={}, headers=auth("alice"))
+    assert test.status_code == 400 and test.json()["error"]["param"] == "event_type"

@@ -21,7 +21,7 @@ BODY = json.dumps({"object": "event", "id": "evt_1", "type": "fine_tuning.job.su
 def test_signatures_verify_with_the_openai_sdk_and_by_the_spec():
     secret = new_secret()
     assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
-    headers = signed_headers(secret, "msg_abc", BODY)
+    headers = signed_headers([secret], "msg_abc", BODY)
     event = openai.OpenAI(api_key="unused").webhooks.unwrap(BODY, headers, secret=secret)
     assert event.type == "fine_tuning.job.succeeded" and event.data.id == "ftjob-1"
 
@@ -34,6 +34,21 @@ def test_signatures_verify_with_the_openai_sdk_and_by_the_spec():
         openai.OpenAI(api_key="unused").webhooks.unwrap(BODY.replace("ftjob-1", "ftjob-2"), headers, secret=secret)
     with pytest.raises(openai.InvalidWebhookSignatureError):
         openai.OpenAI(api_key="unused").webhooks.unwrap(BODY, headers, secret=new_secret())
+
+
+def test_several_secrets_give_one_signature_each_and_either_verifies():
+    old, new, other = new_secret(), new_secret(), new_secret()
+    headers = signed_headers([new, old], "msg_abc", BODY)
+    signatures = headers["webhook-signature"].split(" ")
+    assert signatures == [sign(new, "msg_abc", int(headers["webhook-timestamp"]), BODY),
+                          sign(old, "msg_abc", int(headers["webhook-timestamp"]), BODY)]  # fmt: skip
+    webhooks = openai.OpenAI(api_key="unused").webhooks
+    for secret in (old, new):
+        assert webhooks.unwrap(BODY, headers, secret=secret).data.id == "ftjob-1"
+    with pytest.raises(openai.InvalidWebhookSignatureError):
+        webhooks.unwrap(BODY, headers, secret=other)
+    with pytest.raises(ValueError, match="at least one"):
+        signed_headers([], "msg_abc", BODY)
 
 
 def test_the_signature_covers_id_and_timestamp():

@@ -1,6 +1,6 @@
 """The webhook outbox on real databases built by the migrations (SQLite and PostgreSQL): a job's terminal
 status writes one row per matching endpoint in the same transaction, and of workers racing to claim a row
-exactly one wins."""
+exactly one wins; test events are logged final, and a URL change makes pending rows due."""
 
 from __future__ import annotations
 
@@ -16,10 +16,20 @@ from models import job_state
 from models.base import utcnow
 from models.records import DeliveryStatus, Job, JobStatus, WebhookDelivery, WebhookEndpoint
 from models.session import session_scope
-from models.webhook_outbox import EVENT_TYPES, claim_delivery, mark_delivered, record_failed_attempt
+from models.webhook_outbox import (
+    EVENT_TYPES,
+    SAMPLE_JOB_ID,
+    claim_delivery,
+    make_pending_due,
+    mark_delivered,
+    record_failed_attempt,
+    record_test_delivery,
+    sample_event,
+)
 from tests.servers import PostgresServer
 
 JOB = "ftjob-hooks00000000000000000000"
+HOUR = timedelta(hours=1)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -177,3 +187,31 @@ def test_a_pause_is_announced_when_the_job_becomes_paused_not_when_it_is_asked(d
     with session_scope(db) as session:  # resumed: nothing announced
         assert job_state.resume_job(session, job_id, by=by)
     assert len(deliveries(db)) == 1
+
+
+def test_a_test_event_is_logged_final_and_a_url_change_makes_pending_rows_due(db):
+    endpoint(db, "wh-all", "alice")
+    with session_scope(db) as session:
+        job_state.cancel_job(session, new_job(db), was=JobStatus.validating_files)
+    with session_scope(db) as session:
+        row = claim_delivery(session, "w", lease_seconds=60)
+        assert row is not None and record_failed_attempt(session, row.id, "w", 500, "HTTP 500", utcnow() + HOUR)
+    now = utcnow()
+    for status_code, error in [(204, None), (None, "ConnectError: refused")]:
+        message_id, body = sample_event("fine_tuning.job.failed", now)
+        with session_scope(db) as session:
+            record_test_delivery(session, "wh-all", message_id, body, now, status_code, error)
+    pending, delivered, failed = deliveries(db)
+    assert json.loads(delivered.payload)["data"] == {"id": SAMPLE_JOB_ID} and delivered.job_id is None
+    assert (delivered.status, delivered.attempts, delivered.last_status_code) == (DeliveryStatus.delivered, 1, 204)
+    assert (failed.status, failed.last_error, failed.next_attempt_at) == (DeliveryStatus.failed, error, None)
+    with session_scope(db) as session:
+        assert claim_delivery(session, "w", lease_seconds=60) is None  # the pending one waits; tests are final
+        assert make_pending_due(session, "wh-all") == 1
+    with session_scope(db) as session:
+        claimed = claim_delivery(session, "w", lease_seconds=60)
+        assert claimed is not None and claimed.id == pending.id
+        assert claim_delivery(session, "w", lease_seconds=60) is None
+    with session_scope(db) as session:  # deleting the endpoint drops its log, test rows included
+        session.query(WebhookEndpoint).delete()
+    assert deliveries(db) == []

@@ -1,0 +1,60 @@
+"""One webhook delivery attempt: check the URL (loraq.webhook_urls), connect to the address that was checked,
+POST the body signed with the endpoint's active secrets (loraq.webhook_signing), and report the answer's status.
+
+The worker's outbox sender and the API's `test` route both send through `attempt_delivery`, so a test event
+passes the same SSRF guard and carries the same signatures as a real one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from loraq.webhook_signing import signed_headers
+from loraq.webhook_urls import WebhookURLError, checked_address
+
+
+@dataclass
+class Attempt:
+    status_code: int | None  # None: no HTTP answer (refused by the URL rules, connection error, timeout)
+    error: str | None  # None: a 2xx
+    url_refused: bool = False  # the URL rules refused the URL: nothing was sent
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None
+
+
+def attempt_client(timeout_seconds: float) -> httpx.Client:
+    """A client for delivery attempts. No redirects (a 3xx is a failed attempt: following one could lead
+    anywhere), no proxy from the environment (it would connect to the checked address through someone else)."""
+    return httpx.Client(timeout=timeout_seconds, follow_redirects=False, trust_env=False)
+
+
+def attempt_delivery(
+    client: httpx.Client,
+    url: str,
+    signing_secrets: Sequence[str],
+    message_id: str,
+    body: str,
+    allowed_hosts: frozenset[str],
+) -> Attempt:
+    try:
+        address = checked_address(url, allowed_hosts)
+    except WebhookURLError as exc:
+        return Attempt(None, str(exc), url_refused=True)
+    target = httpx.URL(url)
+    headers = {**signed_headers(signing_secrets, message_id, body), "host": target.netloc.decode("ascii"),
+               "user-agent": "loraq-webhooks"}  # fmt: skip
+    # Connect to the checked address; TLS still verifies the certificate against the URL's host name.
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    try:
+        with client.stream(
+            "POST", target.copy_with(host=address), content=body.encode(), headers=headers, extensions=extensions
+        ) as response:  # the answer's body is never read
+            code = response.status_code
+    except (httpx.HTTPError, OSError) as exc:
+        return Attempt(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    return Attempt(code, None if 200 <= code < 300 else f"HTTP {code}")
