@@ -93,6 +93,30 @@ def test_dpo_trains_reports_rewards_and_resumes_exactly(tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
 
 
+def test_a_validation_file_is_evaluated_with_rewards_and_sampled(tmp_path):
+    from training.dpo import build_dpo_trainer
+    from training.results import SAMPLE_COUNT
+    from training.sft import train
+
+    rows = preference_rows()
+    write_jsonl(tmp_path / "prefs.jsonl", rows)
+    write_jsonl(tmp_path / "valid.jsonl", rows[:4])
+    hp = HP.model_copy(update={"n_epochs": 1, "save_steps": 4})
+    result = train(_config(tmp_path, "run", eval_path=str(tmp_path / "valid.jsonl"), hyperparameters=hp),
+                   build_dpo_trainer)  # fmt: skip
+    assert result["type"] == "completed" and result["steps"] == 8
+    records = [json.loads(line) for line in (tmp_path / "run" / "progress.jsonl").read_text().splitlines()]
+    evaluations = [r for r in records if r["type"] == "evaluation"]
+    assert [e["step"] for e in evaluations] == [4, 8]
+    assert all({"eval_loss", "eval_rewards/margins", "eval_rewards/accuracies"} <= e.keys() for e in evaluations)
+    final = json.loads((tmp_path / "run" / "adapter" / "loraq.json").read_text())["metrics"]
+    assert final["valid_loss"] == evaluations[-1]["eval_loss"]
+    assert final["valid_rewards_accuracy"] == evaluations[-1]["eval_rewards/accuracies"]
+    samples = [json.loads(line) for line in (tmp_path / "run" / "adapter" / "results" / "samples.jsonl").open()]
+    assert len(samples) == SAMPLE_COUNT and samples[0]["reference"] == rows[0]["preferred_output"][0]["content"]
+    assert {"base", "adapter"} <= samples[0].keys()
+
+
 @pytest.mark.slow
 def test_two_processes_learn_what_one_learns(tmp_path):
     """DDP (torchrun, gloo on the CPU): the same global batch split over two processes, the same adapter."""
