@@ -7,6 +7,7 @@ passes the same SSRF guard and carries the same signatures as a real one.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,3 +59,28 @@ def attempt_delivery(
     except (httpx.HTTPError, OSError) as exc:
         return Attempt(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     return Attempt(code, None if 200 <= code < 300 else f"HTTP {code}")
+
+
+def attempt_delivery_within(
+    seconds: float, url: str, signing_secrets: Sequence[str], message_id: str, body: str, allowed_hosts: frozenset[str]
+) -> Attempt:
+    """attempt_delivery with `seconds` for the whole attempt, not only for each read: httpx's timeouts apply to
+    each network operation, so a receiver that trickles its answer a byte at a time would hold the caller as long
+    as it likes. A timer closes the attempt's own client at the deadline, which ends the request at once. (The
+    URL check's DNS lookup before it has the resolver's own timeout.)"""
+    expired = threading.Event()
+    with attempt_client(seconds) as client:
+
+        def expire() -> None:
+            expired.set()
+            client.close()
+
+        watchdog = threading.Timer(seconds, expire)
+        watchdog.start()
+        try:
+            attempt = attempt_delivery(client, url, signing_secrets, message_id, body, allowed_hosts)
+        finally:
+            watchdog.cancel()
+    if expired.is_set() and not attempt.url_refused:
+        return Attempt(None, f"no complete answer within {seconds:g} s")
+    return attempt

@@ -213,18 +213,18 @@ class WebhookEndpoint(Base):
     # `whsec_<base64>`: kept as is, since every delivery is signed with it (it cannot be a hash).
     secret: Mapped[str] = mapped_column(String(128))
     # The secret a rotation replaced, while it stays active beside the new one (`keep_old_secret_active_…`).
-    previous_secret: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Rotated-out secrets still signing, newest first: [{"secret": "whsec_...", "until": ISO 8601 time}, ...].
+    retired_secrets: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     def signing_secrets(self, now: datetime) -> list[str]:
-        """The secrets a delivery sent at `now` is signed with: the current one, and the rotated-out one while it
-        is kept active (each gives one signature in `webhook-signature`; receivers accept any that matches)."""
-        expires = self.previous_secret_expires_at
-        if self.previous_secret and expires is not None and now < expires:
-            return [self.secret, self.previous_secret]
-        return [self.secret]
+        """The secrets a delivery sent at `now` is signed with: the current one, and those rotated out while they
+        are kept active (each gives one signature in `webhook-signature`; receivers accept any that matches)."""
+        return [self.secret] + [kept["secret"] for kept in self.active_retired_secrets(now)]
+
+    def active_retired_secrets(self, now: datetime) -> list[dict[str, str]]:
+        return [kept for kept in self.retired_secrets or [] if datetime.fromisoformat(kept["until"]) > now]
 
 
 class WebhookDelivery(Base):

@@ -6,28 +6,30 @@ update, rotate_secret, test), and at /v1/webhooks, loraq's older name for the sa
 
 - update: a new URL passes the same rules as at registration; later deliveries, and pending ones (made due at
   once), go to the new URL; later events follow the new event types.
-- rotate_secret: a new secret, shown once. With `keep_old_secret_active_for_24_hours` every delivery in the
-  next 24 hours carries a signature by each secret, else the old one stops at once. The worker signs at send
-  time with the secrets active then, so this applies to deliveries already waiting in the outbox too.
+- rotate_secret: a new secret, shown once. With `keep_old_secret_active_for_24_hours` the replaced secret (and
+  those replaced before it, while their own 24 hours last) keep signing beside the new one, else every earlier
+  one stops at once. The worker signs at send time with the secrets active then, so this applies to
+  deliveries already waiting in the outbox too.
 - test: the API itself sends a sample event (about SAMPLE_JOB_ID) through the worker's code path
   (loraq.webhook_attempts: the URL rules, the signatures), with a short timeout, because the SDK expects the
-  receiver's answer in the response; the attempt is logged with the endpoint's deliveries. At most
-  TESTS_AT_ONCE per API process, since each holds a thread while it waits (one more is a 429).
+  receiver's answer in the response, within TEST_TIMEOUT_SECONDS in all; the attempt is logged with the
+  endpoint's deliveries. At most TESTS_AT_ONCE per API process and one per owner, since each holds a thread
+  while it waits (one more is a 429).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 
 from api.deps import CurrentOwner, SessionDep, SettingsDep, WebhookDep, visible_to
 from api.errors import APIError, error_response
-from api.idempotency import IdempotencyKey, claim_key, complete, fingerprint
 from api.pagination import page, page_after
 from api.schemas import ID_PATTERN
 from api.webhook_schemas import (
@@ -45,7 +47,7 @@ from api.webhook_schemas import (
     WebhookUpdate,
 )
 from loraq.settings import Settings
-from loraq.webhook_attempts import attempt_client, attempt_delivery
+from loraq.webhook_attempts import attempt_delivery_within
 from loraq.webhook_signing import new_secret
 from loraq.webhook_urls import WebhookURLError, checked_address
 from models import WebhookDelivery, WebhookEndpoint, new_id, utcnow
@@ -59,11 +61,14 @@ OTHER_PREFIX = "/v1/webhooks"  # the same routes, left out of the OpenAPI schema
 Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(pattern=ID_PATTERN)]
 KEEP_OLD_SECRET_FOR = timedelta(hours=24)
-TEST_TIMEOUT_SECONDS = 5.0  # at most: the caller waits for the receiver's answer
+KEEP_SECRETS_AT_MOST = 3  # rotated-out secrets signing at once (each adds a signature to every delivery)
+TEST_TIMEOUT_SECONDS = 5.0  # at most, for the whole attempt: the caller waits for the receiver's answer
 # A test holds one of the API's few threads (LORAQ_API_THREADS) while the receiver answers: at most this many
-# at once per API process, so that a slow receiver cannot take the threads every other request needs.
+# at once per API process and one per owner, so that a slow receiver cannot take the threads every other
+# request needs, nor one owner every test slot.
 TESTS_AT_ONCE = 2
-_test_slots = threading.BoundedSemaphore(TESTS_AT_ONCE)
+_test_lock = threading.Lock()
+_testing_owners: set[str] = set()
 
 
 def check_url(url: str, settings: Settings) -> None:
@@ -134,48 +139,38 @@ def update_webhook(
 
 
 @router.post("/{webhook_endpoint_id}/rotate_secret", response_model=WebhookEndpointWithSecret)
-def rotate_webhook_secret(
-    endpoint: WebhookDep, session: SessionDep, principal: CurrentOwner, body: WebhookSecretRotation | None = None,
-    idempotency_key: IdempotencyKey = None,
-):  # fmt: skip
-    """A new signing secret, shown this once; the old one signs too for 24 hours if asked, else stops now. Only
-    the secret just replaced is kept: a second rotation ends the first one's grace period."""
-    keep_old = body is not None and body.keep_old_secret_active_for_24_hours
-    record = None
-    if idempotency_key:  # the SDK sends one and retries with it: a retry must not rotate (and drop a secret) again
-        claimed = claim_key(
-            session, principal.owner, "webhook_rotate_secret", idempotency_key, fingerprint(endpoint.id, keep_old)
-        )
-        if isinstance(claimed, JSONResponse):
-            return claimed
-        record = claimed
+def rotate_webhook_secret(endpoint: WebhookDep, session: SessionDep, body: WebhookSecretRotation | None = None):
+    """A new signing secret, shown this once. With keep-old, the secret replaced keeps signing for 24 hours
+    beside the new one, and so do those replaced before it while their 24 hours last (the newest
+    KEEP_SECRETS_AT_MOST): a rotation retried after a lost answer (the SDK retries by itself) then leaves the
+    secret the receivers hold working, as a first rotation does. Without keep-old every earlier secret stops."""
+    session.refresh(endpoint, with_for_update=True)  # two rotations at once apply one after the other
     now = utcnow()
-    endpoint.previous_secret = endpoint.secret if keep_old else None
-    endpoint.previous_secret_expires_at = now + KEEP_OLD_SECRET_FOR if keep_old else None
+    kept: list[dict[str, str]] = []
+    if body is not None and body.keep_old_secret_active_for_24_hours:
+        replaced = {"secret": endpoint.secret, "until": (now + KEEP_OLD_SECRET_FOR).isoformat()}
+        kept = [replaced, *endpoint.active_retired_secrets(now)][:KEEP_SECRETS_AT_MOST]
+    endpoint.retired_secrets = kept or None
     endpoint.secret = new_secret()
     endpoint.updated_at = now
     session.flush()
-    public = WebhookEndpointWithSecret.of(endpoint)
-    complete(record, 200, public.model_dump(mode="json"))
-    return public
+    return WebhookEndpointWithSecret.of(endpoint)
 
 
 @router.post("/{webhook_endpoint_id}/test", response_model=WebhookEndpointTestResult)
-def send_test_event(endpoint: WebhookDep, body: WebhookTestRequest, session: SessionDep, settings: SettingsDep):
+def send_test_event(
+    endpoint: WebhookDep, body: WebhookTestRequest, session: SessionDep, settings: SettingsDep,
+    principal: CurrentOwner,
+):  # fmt: skip
     """Send a sample event of `event_type` now and report the receiver's HTTP status; logged as a delivery."""
-    if not _test_slots.acquire(blocking=False):
-        raise APIError(429, f"{TESTS_AT_ONCE} webhook tests are in progress already; try again in a few seconds.",
-                       code="too_many_webhook_tests", headers={"Retry-After": "5"})  # fmt: skip
-    now = utcnow()
-    message_id, payload = sample_event(body.event_type, now)
-    try:
-        with attempt_client(min(settings.webhook_timeout_seconds, TEST_TIMEOUT_SECONDS)) as client:
-            attempt = attempt_delivery(
-                client, endpoint.url, endpoint.signing_secrets(now), message_id, payload,
-                settings.webhook_allowed_host_set,
-            )  # fmt: skip
-    finally:
-        _test_slots.release()
+    with test_slot(principal.owner):
+        now = utcnow()
+        message_id, payload = sample_event(body.event_type, now)
+        deadline = min(settings.webhook_timeout_seconds, TEST_TIMEOUT_SECONDS)
+        attempt = attempt_delivery_within(
+            deadline, endpoint.url, endpoint.signing_secrets(now), message_id, payload,
+            settings.webhook_allowed_host_set,
+        )  # fmt: skip
     record_test_delivery(session, endpoint.id, message_id, payload, now, attempt.status_code, attempt.error)
     # No HTTP answer, so no result to report: a 400 (not a 5xx, which the SDK would retry), returned rather than
     # raised so that the failed attempt stays in the log.
@@ -187,6 +182,24 @@ def send_test_event(endpoint: WebhookDep, body: WebhookTestRequest, session: Ses
     return WebhookEndpointTestResult(
         webhook_endpoint_id=endpoint.id, event_type=body.event_type, status_code=attempt.status_code
     )
+
+
+@contextmanager
+def test_slot(owner: str) -> Iterator[None]:
+    """One test at a time per owner, TESTS_AT_ONCE in all per API process (each holds an API thread for at
+    most its deadline); one more is a 429."""
+    with _test_lock:
+        busy = owner in _testing_owners
+        if busy or len(_testing_owners) >= TESTS_AT_ONCE:
+            whose = "Your previous webhook test is" if busy else f"{TESTS_AT_ONCE} webhook tests are"
+            raise APIError(429, f"{whose} still in progress; try again in a few seconds.",
+                           code="too_many_webhook_tests", headers={"Retry-After": "5"})  # fmt: skip
+        _testing_owners.add(owner)
+    try:
+        yield
+    finally:
+        with _test_lock:
+            _testing_owners.discard(owner)
 
 
 @router.delete("/{webhook_endpoint_id}", response_model=WebhookEndpointDeleted)

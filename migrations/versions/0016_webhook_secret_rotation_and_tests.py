@@ -1,4 +1,4 @@
-"""webhook endpoints keep a rotated-out secret for a while; the delivery log holds test events (no job)
+"""webhook endpoints keep rotated-out secrets for a while; the delivery log holds test events (no job)
 
 Revision ID: 0016
 Revises: 0015
@@ -10,8 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-import models.base
-
 revision: str = "0016"
 down_revision: str | None = "0015"
 branch_labels: str | Sequence[str] | None = None
@@ -20,10 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("webhook_endpoints", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("previous_secret", sa.String(length=128), nullable=True))
-        batch_op.add_column(
-            sa.Column("previous_secret_expires_at", models.base.UTCDateTime(timezone=True), nullable=True)
-        )
+        batch_op.add_column(sa.Column("retired_secrets", sa.JSON(), nullable=True))
     with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
         batch_op.alter_column("job_id", existing_type=sa.String(length=40), nullable=True)
 
@@ -33,5 +28,4 @@ def downgrade() -> None:
     with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
         batch_op.alter_column("job_id", existing_type=sa.String(length=40), nullable=False)
     with op.batch_alter_table("webhook_endpoints", schema=None) as batch_op:
-        batch_op.drop_column("previous_secret_expires_at")
-        batch_op.drop_column("previous_secret")
+        batch_op.drop_column("retired_secrets")

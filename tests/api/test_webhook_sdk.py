@@ -5,7 +5,10 @@ real HTTP (uvicorn in a thread, a SQLite database built by the migrations), with
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -16,10 +19,12 @@ import uvicorn
 from sqlalchemy import select, update
 
 from api.app import create_app
-from api.routes.webhooks import TESTS_AT_ONCE
+from api.routes import webhooks as webhook_routes
+from api.routes.webhooks import KEEP_SECRETS_AT_MOST, TESTS_AT_ONCE
 from loraq.settings import Settings
 from loraq.webhook_signing import new_secret
 from models import job_state
+from models.api_keys import create_key
 from models.base import utcnow
 from models.records import DeliveryStatus, Job, JobStatus, WebhookDelivery, WebhookEndpoint
 from models.session import session_scope
@@ -178,40 +183,31 @@ def test_rotating_with_keep_old_signs_with_both_secrets_and_without_only_with_th
         "ftjob-rotate000000000000000002", SAMPLE_JOB_ID]  # fmt: skip
 
 
-def test_a_kept_secret_signs_for_24_hours_and_only_the_one_just_replaced():
+def test_kept_secrets_sign_for_their_24_hours():
     now = utcnow()
-    endpoint = WebhookEndpoint(secret="whsec_new", previous_secret="whsec_old",
-                               previous_secret_expires_at=now + timedelta(hours=24))  # fmt: skip
-    assert endpoint.signing_secrets(now) == ["whsec_new", "whsec_old"]
+    until = lambda hours: (now + timedelta(hours=hours)).isoformat()  # noqa: E731
+    kept = [{"secret": "whsec_old", "until": until(24)}, {"secret": "whsec_older", "until": until(1)}]
+    endpoint = WebhookEndpoint(secret="whsec_new", retired_secrets=kept)
+    assert endpoint.signing_secrets(now) == ["whsec_new", "whsec_old", "whsec_older"]
+    assert endpoint.signing_secrets(now + timedelta(hours=2)) == ["whsec_new", "whsec_old"]
     assert endpoint.signing_secrets(now + timedelta(hours=24)) == ["whsec_new"]
     assert WebhookEndpoint(secret="whsec_new").signing_secrets(now) == ["whsec_new"]
 
 
-def test_a_second_rotation_ends_the_first_ones_grace_period(sdk, settings, receiver):
+def test_a_repeated_rotation_keeps_the_secret_the_receivers_hold(sdk, receiver):
+    """The SDK retries a rotation whose answer was lost (it sends no Idempotency-Key): the retry must not end the
+    secret from before the first rotation, which the receivers still hold. Each kept secret signs for its own
+    24 hours, the newest KEEP_SECRETS_AT_MOST of them."""
     endpoint = sdk.webhooks.create(url=receiver.url, name="ci", event_types=[CANCELLED])
-    second = sdk.webhooks.rotate_secret(endpoint.id, keep_old_secret_active_for_24_hours=True).signing_secret
-    third = sdk.webhooks.rotate_secret(endpoint.id, keep_old_secret_active_for_24_hours=True).signing_secret
-    sdk.webhooks.test(endpoint.id, event_type=CANCELLED)
-    ((headers, body),) = receiver.received()
-    assert verifies(body, headers, third) and verifies(body, headers, second)
-    assert not verifies(body, headers, endpoint.signing_secret)
-
-
-def test_a_retried_rotation_replays_its_answer_instead_of_rotating_again(sdk, receiver):
-    endpoint = sdk.webhooks.create(url=receiver.url, name="ci", event_types=[CANCELLED])
-
-    def rotate(key: str):
-        return sdk.webhooks.with_raw_response.rotate_secret(
-            endpoint.id, keep_old_secret_active_for_24_hours=True, extra_headers={"Idempotency-Key": key}
-        )
-
-    first, retried = rotate("rotation-1"), rotate("rotation-1")  # as the SDK retries after a lost answer
-    assert retried.headers.get("idempotent-replayed") == "true"
-    assert retried.parse().signing_secret == first.parse().signing_secret
-    sdk.webhooks.test(endpoint.id, event_type=CANCELLED)
-    ((headers, body),) = receiver.received()  # the secret from before the rotation is still kept
-    assert verifies(body, headers, endpoint.signing_secret) and verifies(body, headers, first.parse().signing_secret)
-    assert rotate("rotation-2").parse().signing_secret != first.parse().signing_secret
+    secrets = [endpoint.signing_secret]
+    for _ in range(KEEP_SECRETS_AT_MOST + 1):
+        secrets.append(sdk.webhooks.rotate_secret(endpoint.id, keep_old_secret_active_for_24_hours=True).signing_secret)
+        sdk.webhooks.test(endpoint.id, event_type=CANCELLED)
+    for rotations, (headers, body) in enumerate(receiver.received(), start=1):
+        signing = secrets[max(0, rotations - KEEP_SECRETS_AT_MOST) : rotations + 1]
+        assert len(headers["webhook-signature"].split()) == len(signing)
+        assert all(verifies(body, headers, secret) for secret in signing)
+    assert not verifies(body, headers, secrets[0])  # the oldest is dropped once more than the most are kept
 
 
 # ---------------------------------------------------------------------------------------------- test
@@ -268,23 +264,65 @@ def test_a_test_event_loraq_never_sends_or_an_unreachable_receiver_is_a_400(sdk,
         assert "ConnectError" in (rows[0].last_error or "") and "must use https://" in (rows[1].last_error or "")
 
 
-def test_tests_waiting_for_their_receiver_are_limited_and_one_more_is_a_429(sdk, receiver):
-    endpoint = sdk.webhooks.create(url=receiver.url, name="ci", event_types=[CANCELLED])
+def test_tests_waiting_for_their_receiver_are_limited_and_one_more_is_a_429(sdk, base_url, settings, receiver,
+                                                                           monkeypatch):  # fmt: skip
+    """One test at a time per owner, TESTS_AT_ONCE in all (each holds an API thread while its receiver answers)."""
+    monkeypatch.setattr(webhook_routes, "TEST_TIMEOUT_SECONDS", 60.0)  # the held tests must outlast the checks
+    settings.webhook_timeout_seconds = 60.0
+    with session_scope(settings.resolved_database_url) as session:
+        create_key(session, owner="carol", name="test", key="lq-carol-key-000000000000")
+    owners = {"alice": sdk, "bob": sdk_for(base_url, "bob")}
+    endpoints = {owner: c.webhooks.create(url=receiver.url, name="ci", event_types=[CANCELLED]).id
+                 for owner, c in owners.items()}  # fmt: skip
     receiver.hold()  # each test's request stays open, holding its slot
     results: list[int] = []
 
-    def send_a_test() -> None:
-        results.append(sdk.webhooks.test(endpoint.id, event_type=CANCELLED).status_code)
+    def send_a_test(owner: str) -> None:
+        results.append(owners[owner].webhooks.test(endpoints[owner], event_type=CANCELLED).status_code)
 
-    threads = [threading.Thread(target=send_a_test) for _ in range(TESTS_AT_ONCE)]
-    for thread in threads:
+    threads = [threading.Thread(target=send_a_test, args=(owner,)) for owner in ["alice", "bob"][:TESTS_AT_ONCE]]
+    threads[0].start()
+    receiver.wait_until(lambda: len(receiver.received()) == 1, timeout=30, what="alice's held test")
+    with pytest.raises(openai.RateLimitError) as raised:  # alice's second, while her first waits
+        sdk.webhooks.test(endpoints["alice"], event_type=CANCELLED)
+    assert raised.value.code == "too_many_webhook_tests" and "Your previous webhook test" in raised.value.message
+    for thread in threads[1:]:
         thread.start()
     receiver.wait_until(lambda: len(receiver.received()) == TESTS_AT_ONCE, timeout=30, what="the held tests")
-    with pytest.raises(openai.RateLimitError) as raised:
-        sdk.webhooks.test(endpoint.id, event_type=CANCELLED)
-    assert raised.value.code == "too_many_webhook_tests"
+    carol = openai.OpenAI(base_url=base_url, api_key="lq-carol-key-000000000000", max_retries=0)
+    carol_endpoint = carol.webhooks.create(url=receiver.url, name="ci", event_types=[CANCELLED]).id
+    with pytest.raises(openai.RateLimitError) as raised:  # every slot taken
+        carol.webhooks.test(carol_endpoint, event_type=CANCELLED)
+    assert f"{TESTS_AT_ONCE} webhook tests are" in raised.value.message
     receiver.release()
     for thread in threads:
         thread.join(30)
     assert results == [200] * TESTS_AT_ONCE
-    assert sdk.webhooks.test(endpoint.id, event_type=CANCELLED).status_code == 200  # the slots are free again
+    assert carol.webhooks.test(carol_endpoint, event_type=CANCELLED).status_code == 200  # the slots are free again
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline(sdk, settings):
+    """httpx's timeouts are per read: a receiver sending its answer a byte at a time would hold the test (and an
+    API thread) as long as it liked, without the deadline on the whole attempt."""
+    settings.webhook_timeout_seconds = 1.0
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def trickle() -> None:
+        connection, _ = server.accept()
+        connection.recv(65536)
+        with contextlib.suppress(OSError):
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                connection.send(bytes([byte]))
+                time.sleep(0.3)  # about 12 s for the whole answer, each read well within the timeout
+        connection.close()
+
+    threading.Thread(target=trickle, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    endpoint = sdk.webhooks.create(url=url, name="slow", event_types=[CANCELLED])
+    started = time.monotonic()
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.webhooks.test(endpoint.id, event_type=CANCELLED)
+    assert raised.value.code == "webhook_endpoint_unreachable"
+    assert "no complete answer within 1 s" in raised.value.message
+    assert time.monotonic() - started < 10  # cut off, not read to the end (a bound, not a timing figure)
+    server.close()

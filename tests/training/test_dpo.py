@@ -112,6 +112,7 @@ def test_a_validation_file_is_evaluated_with_rewards_and_sampled(tmp_path):
     final = json.loads((tmp_path / "run" / "adapter" / "loraq.json").read_text())["metrics"]
     assert final["valid_loss"] == evaluations[-1]["eval_loss"]
     assert final["valid_rewards_accuracy"] == evaluations[-1]["eval_rewards/accuracies"]
+    assert final["valid_rewards_margin"] == evaluations[-1]["eval_rewards/margins"]
     samples = [json.loads(line) for line in (tmp_path / "run" / "adapter" / "results" / "samples.jsonl").open()]
     assert len(samples) == SAMPLE_COUNT and samples[0]["reference"] == rows[0]["preferred_output"][0]["content"]
     assert {"base", "adapter"} <= samples[0].keys()
