@@ -27,9 +27,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from api.deps import CurrentOwner, SessionDep, SettingsDep, WebhookDep, visible_to
-from api.errors import APIError, error_response
+from api.errors import APIError, error_response, not_found
 from api.pagination import page, page_after
 from api.schemas import ID_PATTERN
 from api.webhook_schemas import (
@@ -171,7 +172,13 @@ def send_test_event(
             deadline, endpoint.url, endpoint.signing_secrets(now), message_id, payload,
             settings.webhook_allowed_host_set,
         )  # fmt: skip
-    record_test_delivery(session, endpoint.id, message_id, payload, now, attempt.status_code, attempt.error)
+    endpoint_id = endpoint.id
+    try:
+        record_test_delivery(session, endpoint_id, message_id, payload, now, attempt.status_code, attempt.error)
+        session.flush()
+    except IntegrityError:  # the endpoint was deleted while its test waited for the answer
+        session.rollback()
+        raise not_found("webhook endpoint", endpoint_id) from None
     # No HTTP answer, so no result to report: a 400 (not a 5xx, which the SDK would retry), returned rather than
     # raised so that the failed attempt stays in the log.
     if attempt.url_refused:

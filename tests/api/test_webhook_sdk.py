@@ -326,3 +326,23 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline(sdk, set
     assert "no complete answer within 1 s" in raised.value.message
     assert time.monotonic() - started < 10  # cut off, not read to the end (a bound, not a timing figure)
     server.close()
+
+
+def test_an_endpoint_deleted_while_its_test_waits_is_a_404(sdk, receiver):
+    endpoint = sdk.webhooks.create(url=receiver.url, name="ci", event_types=[CANCELLED])
+    receiver.hold()
+    raised: list[Exception] = []
+
+    def send_a_test() -> None:
+        try:
+            sdk.webhooks.test(endpoint.id, event_type=CANCELLED)
+        except openai.APIError as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=send_a_test)
+    thread.start()
+    receiver.wait_until(lambda: len(receiver.received()) == 1, timeout=30, what="the held test")
+    assert sdk.webhooks.delete(endpoint.id).deleted
+    receiver.release()
+    thread.join(30)
+    assert [type(exc) for exc in raised] == [openai.NotFoundError]  # not a 500 from the log row's foreign key
