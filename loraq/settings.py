@@ -113,7 +113,10 @@ class Settings(BaseSettings):
         "https:// on a host whose addresses are all public",
     )
     webhook_timeout_seconds: float = Field(
-        10, gt=0, le=60, description="How long a webhook delivery waits to connect and for each read of the answer"
+        10,
+        gt=0,
+        le=60,
+        description="How long a webhook delivery waits to connect and for each read of the answer (twice this in all)",
     )
     webhook_retry_base_seconds: float = Field(
         10, gt=0, description="First retry delay of a failed webhook delivery; it doubles per attempt (with jitter)"

@@ -4,9 +4,12 @@ the same port."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.servers import free_port
@@ -91,3 +94,25 @@ class WebhookReceiver:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{what} did not arrive within {timeout}s: {self.received()}")
             time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def trickling_receiver(seconds_per_byte: float = 0.3) -> Iterator[str]:
+    """A receiver that sends its 200 answer one byte every `seconds_per_byte` (about 12 s in all at 0.3 s), each
+    read well within any timeout: only a deadline on the whole attempt cuts it off. Yields its URL."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def trickle() -> None:
+        with contextlib.suppress(OSError):
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(65536)
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                    connection.send(bytes([byte]))
+                    time.sleep(seconds_per_byte)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/hook"
+    finally:
+        server.close()

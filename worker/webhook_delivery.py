@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 
 from loraq.settings import Settings
-from loraq.webhook_attempts import attempt_client, attempt_delivery
+from loraq.webhook_attempts import attempt_delivery_within
 from models import WebhookEndpoint, utcnow
 from models.session import session_scope
 from models.webhook_outbox import claim_delivery, mark_delivered, record_failed_attempt
@@ -48,10 +48,16 @@ def next_attempt_at(
     return at if at <= created_at + timedelta(seconds=settings.webhook_retry_for_seconds) else None
 
 
+def attempt_seconds(settings: Settings) -> float:
+    """All one attempt may take (connect, send, the answer's head), whatever the receiver does: httpx's timeout
+    bounds each read, and a receiver trickling its answer would otherwise outlast the lease below."""
+    return 2 * settings.webhook_timeout_seconds
+
+
 def delivery_lease_seconds(settings: Settings) -> float:
-    """Longer than one attempt can take (connect, send, wait for the answer's head: a timeout each), so no
-    second worker claims a row while it is being sent."""
-    return 3 * settings.webhook_timeout_seconds + 5
+    """Longer than one attempt can take (and its URL check), so no second worker claims a row while it is being
+    sent."""
+    return attempt_seconds(settings) + settings.webhook_timeout_seconds + 5
 
 
 class WebhookSender:
@@ -60,7 +66,6 @@ class WebhookSender:
     def __init__(self, settings: Settings, worker_id: str):
         self.settings, self.worker_id = settings, worker_id
         self.db = settings.resolved_database_url
-        self.client = attempt_client(settings.webhook_timeout_seconds)
 
     def send_next(self) -> bool:
         """Deliver one due row; False if none is due."""
@@ -74,8 +79,8 @@ class WebhookSender:
         if endpoint is None:
             return True  # deleted meanwhile, and its deliveries with it
         url = endpoint.url
-        attempt = attempt_delivery(
-            self.client, url, endpoint.signing_secrets(utcnow()), delivery.id, delivery.payload,
+        attempt = attempt_delivery_within(
+            attempt_seconds(self.settings), url, endpoint.signing_secrets(utcnow()), delivery.id, delivery.payload,
             self.settings.webhook_allowed_host_set,
         )  # fmt: skip
         with session_scope(self.db) as session:

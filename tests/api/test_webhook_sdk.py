@@ -5,8 +5,6 @@ real HTTP (uvicorn in a thread, a SQLite database built by the migrations), with
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -31,7 +29,7 @@ from models.session import session_scope
 from models.webhook_outbox import SAMPLE_JOB_ID
 from tests.api.conftest import OWNER_KEYS, auth
 from tests.servers import free_port
-from tests.webhook_receiver import WebhookReceiver
+from tests.webhook_receiver import WebhookReceiver, trickling_receiver
 from worker.webhook_delivery import WebhookSender
 
 CANCELLED = "fine_tuning.job.cancelled"
@@ -305,27 +303,14 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline(sdk, set
     """httpx's timeouts are per read: a receiver sending its answer a byte at a time would hold the test (and an
     API thread) as long as it liked, without the deadline on the whole attempt."""
     settings.webhook_timeout_seconds = 1.0
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def trickle() -> None:
-        connection, _ = server.accept()
-        connection.recv(65536)
-        with contextlib.suppress(OSError):
-            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
-                connection.send(bytes([byte]))
-                time.sleep(0.3)  # about 12 s for the whole answer, each read well within the timeout
-        connection.close()
-
-    threading.Thread(target=trickle, daemon=True).start()
-    url = f"http://127.0.0.1:{server.getsockname()[1]}/hook"
-    endpoint = sdk.webhooks.create(url=url, name="slow", event_types=[CANCELLED])
-    started = time.monotonic()
-    with pytest.raises(openai.BadRequestError) as raised:
-        sdk.webhooks.test(endpoint.id, event_type=CANCELLED)
+    with trickling_receiver() as url:
+        endpoint = sdk.webhooks.create(url=url, name="slow", event_types=[CANCELLED])
+        started = time.monotonic()
+        with pytest.raises(openai.BadRequestError) as raised:
+            sdk.webhooks.test(endpoint.id, event_type=CANCELLED)
     assert raised.value.code == "webhook_endpoint_unreachable"
     assert "no complete answer within 1 s" in raised.value.message
     assert time.monotonic() - started < 10  # cut off, not read to the end (a bound, not a timing figure)
-    server.close()
 
 
 def test_an_endpoint_deleted_while_its_test_waits_is_a_404(sdk, receiver):

@@ -18,7 +18,15 @@ from models import job_state
 from models.base import utcnow
 from models.records import DeliveryStatus, Job, JobStatus, WebhookDelivery, WebhookEndpoint
 from models.session import session_scope
-from worker.webhook_delivery import MAX_RETRY_DELAY_SECONDS, WebhookSender, next_attempt_at, retry_delay
+from tests.webhook_receiver import trickling_receiver
+from worker.webhook_delivery import (
+    MAX_RETRY_DELAY_SECONDS,
+    WebhookSender,
+    attempt_seconds,
+    delivery_lease_seconds,
+    next_attempt_at,
+    retry_delay,
+)
 
 SECRET = new_secret()
 
@@ -99,6 +107,20 @@ def test_a_url_no_longer_allowed_is_not_called_and_the_last_retry_gives_up(setti
     given_up = row(settings)
     assert given_up.status == DeliveryStatus.failed and "must use https://" in given_up.last_error
     assert receiver.received() == []
+
+
+def test_a_receiver_trickling_its_answer_is_cut_off_within_the_lease(settings):
+    """httpx's timeout bounds each read: without a deadline on the whole attempt, a receiver sending a byte at a
+    time would outlast the row's lease, and another worker would send the event again meanwhile."""
+    settings.webhook_timeout_seconds = 1
+    with trickling_receiver() as url:
+        cancelled_job_event(settings, url)
+        assert attempt_seconds(settings) < delivery_lease_seconds(settings)
+        assert WebhookSender(settings, "worker-a").send_next()
+    failed = row(settings)
+    assert (failed.status, failed.attempts, failed.last_status_code) == (DeliveryStatus.pending, 1, None)
+    assert failed.last_error == "no complete answer within 2 s" and failed.next_attempt_at is not None
+    assert failed.lease_owner is None  # released with its attempt, long before the lease would have run out
 
 
 def test_backoff_doubles_with_jitter_up_to_a_cap_and_stops_after_the_window():
