@@ -70,12 +70,7 @@ class WebhookTestRequest(BaseModel):
 
     event_type: str = Field(description=f"The sample event to send: one of {', '.join(EVENT_TYPES)}")
 
-    @field_validator("event_type")
-    @classmethod
-    def _sent_by_loraq(cls, value: str) -> str:
-        if value not in EVENT_TYPES:
-            raise ValueError(f"loraq sends {', '.join(EVENT_TYPES)}; got {value}")
-        return value
+    _known_event = field_validator("event_type")(lambda value: _known_event_types([value])[0])  # the same message
 
 
 class WebhookEndpointTestResult(BaseModel):

@@ -62,14 +62,20 @@ def attempt_delivery(
 
 
 def attempt_delivery_within(
-    seconds: float, url: str, signing_secrets: Sequence[str], message_id: str, body: str, allowed_hosts: frozenset[str]
+    seconds: float,
+    timeout_seconds: float,
+    url: str,
+    signing_secrets: Sequence[str],
+    message_id: str,
+    body: str,
+    allowed_hosts: frozenset[str],
 ) -> Attempt:
-    """attempt_delivery with `seconds` for the whole attempt, not only for each read: httpx's timeouts apply to
-    each network operation, so a receiver that trickles its answer a byte at a time would hold the caller as long
-    as it likes. A timer closes the attempt's own client at the deadline, which ends the request at once. (The
-    URL check's DNS lookup before it has the resolver's own timeout.)"""
+    """attempt_delivery with `timeout_seconds` for each network operation and `seconds` for the whole attempt:
+    httpx's timeouts apply to each operation only, so a receiver that trickles its answer a byte at a time would
+    hold the caller as long as it likes. A timer closes the attempt's own client at the deadline, which ends the
+    request at once. (The URL check's DNS lookup before it has the resolver's own timeout.)"""
     expired = threading.Event()
-    with attempt_client(seconds) as client:
+    with attempt_client(timeout_seconds) as client:
 
         def expire() -> None:
             expired.set()

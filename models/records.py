@@ -212,7 +212,6 @@ class WebhookEndpoint(Base):
     event_types: Mapped[list[str]] = mapped_column(JSON)
     # `whsec_<base64>`: kept as is, since every delivery is signed with it (it cannot be a hash).
     secret: Mapped[str] = mapped_column(String(128))
-    # The secret a rotation replaced, while it stays active beside the new one (`keep_old_secret_active_…`).
     # Rotated-out secrets still signing, newest first: [{"secret": "whsec_...", "until": ISO 8601 time}, ...].
     retired_secrets: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -80,8 +80,8 @@ class WebhookSender:
             return True  # deleted meanwhile, and its deliveries with it
         url = endpoint.url
         attempt = attempt_delivery_within(
-            attempt_seconds(self.settings), url, endpoint.signing_secrets(utcnow()), delivery.id, delivery.payload,
-            self.settings.webhook_allowed_host_set,
+            attempt_seconds(self.settings), self.settings.webhook_timeout_seconds, url,
+            endpoint.signing_secrets(utcnow()), delivery.id, delivery.payload, self.settings.webhook_allowed_host_set,
         )  # fmt: skip
         with session_scope(self.db) as session:
             if attempt.delivered:

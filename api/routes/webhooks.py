@@ -169,7 +169,7 @@ def send_test_event(
         message_id, payload = sample_event(body.event_type, now)
         deadline = min(settings.webhook_timeout_seconds, TEST_TIMEOUT_SECONDS)
         attempt = attempt_delivery_within(
-            deadline, endpoint.url, endpoint.signing_secrets(now), message_id, payload,
+            deadline, deadline, endpoint.url, endpoint.signing_secrets(now), message_id, payload,
             settings.webhook_allowed_host_set,
         )  # fmt: skip
     endpoint_id = endpoint.id
