@@ -145,15 +145,19 @@ def test_an_expired_lease_is_claimed_again_and_a_2xx_ends_the_row(db):
     assert row.status == DeliveryStatus.delivered and row.last_status_code == 204 and row.delivered_at
 
 
-def test_a_failed_attempt_waits_for_its_retry_then_gives_up(db):
+def a_failed_attempt(db: str, status_code: int, retry_at) -> None:
+    """A cancelled job's event for an endpoint taking every event, claimed and failed once, due at `retry_at`."""
     endpoint(db, "wh-all", "alice")
     with session_scope(db) as session:
         job_state.cancel_job(session, new_job(db), was=JobStatus.validating_files)
     with session_scope(db) as session:
         row = claim_delivery(session, "w", lease_seconds=60)
         assert row is not None
-        later = utcnow() + timedelta(hours=1)
-        assert record_failed_attempt(session, row.id, "w", 503, "HTTP 503", later)
+        assert record_failed_attempt(session, row.id, "w", status_code, f"HTTP {status_code}", retry_at)
+
+
+def test_a_failed_attempt_waits_for_its_retry_then_gives_up(db):
+    a_failed_attempt(db, 503, utcnow() + timedelta(hours=1))
     with session_scope(db) as session:
         assert claim_delivery(session, "w", lease_seconds=60) is None  # not due before its retry time
         session.query(WebhookDelivery).update({"next_attempt_at": utcnow() - timedelta(seconds=1)})
@@ -190,12 +194,7 @@ def test_a_pause_is_announced_when_the_job_becomes_paused_not_when_it_is_asked(d
 
 
 def test_a_test_event_is_logged_final_and_a_url_change_makes_pending_rows_due(db):
-    endpoint(db, "wh-all", "alice")
-    with session_scope(db) as session:
-        job_state.cancel_job(session, new_job(db), was=JobStatus.validating_files)
-    with session_scope(db) as session:
-        row = claim_delivery(session, "w", lease_seconds=60)
-        assert row is not None and record_failed_attempt(session, row.id, "w", 500, "HTTP 500", utcnow() + HOUR)
+    a_failed_attempt(db, 500, utcnow() + HOUR)
     now = utcnow()
     for status_code, error in [(204, None), (None, "ConnectError: refused")]:
         message_id, body = sample_event("fine_tuning.job.failed", now)
